@@ -1,0 +1,268 @@
+"""The scan store: one Zarr v3 group per scan, written line by line and read back for unmixing.
+
+Layout (the store contract)::
+
+    raw          (y, x, wavelength)  detector counts, one chunk per line
+    wavelength   (wavelength,)       nm, from the spectrograph calibration
+    x            (x,)                mm along the slit, or the point index when the pitch is unknown
+    y            (y,)                mm, the stage position read back at each line (NaN until acquired)
+    line_done    (y,)                bool, set only after the line's data and metadata are written
+    line_time    (y,)                s since the epoch, when the line's frame was read
+    laser_power  (y,)                mW, the laser's power reading at each line
+    dark         (x, wavelength)     mean dark frame, laser off
+    truth/       simulated scans only: abundance (y, x, component), spectra (component, wavelength)
+    unmixing/    written by fluoscan.unmixing.unmix_store
+
+Group attributes: ``fluoscan_version``, ``status`` (a :class:`ScanStatus` value), ``started``,
+``finished`` (ISO 8601, UTC), ``end_reason``, ``config`` (the full configuration) and ``devices``
+(identity strings).
+
+zarr-python 3 writes every chunk and metadata file through a temporary file and a rename, so a
+process killed mid-write leaves the previous version of that file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+import fluoscan
+
+log = logging.getLogger(__name__)
+
+# Per-line metadata arrays are chunked in blocks of lines, so that one line rewrites a small chunk.
+_LINE_META_CHUNK = 256
+
+
+class StoreError(RuntimeError):
+    """A store is missing, already exists, or does not follow the store contract."""
+
+
+class ScanStatus(str, Enum):
+    ACQUIRING = "acquiring"
+    COMPLETE = "complete"
+    ABORTED = "aborted"
+
+
+def utc_now() -> str:
+    """Return the current time as ISO 8601 in UTC, to the millisecond."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _coordinate(group: zarr.Group, name: str, values: np.ndarray, attrs: dict[str, Any]) -> None:
+    array = group.create_array(
+        name, shape=values.shape, dtype=values.dtype, chunks=values.shape, dimension_names=[name], fill_value=0
+    )
+    array[...] = values
+    array.attrs.update(attrs)
+
+
+class ScanStore:
+    """A scan store opened for reading, for writing a new scan, or for resuming one.
+
+    Use :meth:`create` for a new scan and :meth:`open` for an existing one.
+    """
+
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path = path
+        self.group = group
+
+    # ------------------------------------------------------------------ creation and opening
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        n_lines: int,
+        wavelengths_nm: np.ndarray,
+        x: np.ndarray,
+        x_units: str,
+        dtype: np.dtype | str = np.uint16,
+        attrs: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> ScanStore:
+        """Create an empty scan store with status "acquiring".
+
+        Raises
+        ------
+        StoreError
+            If ``path`` exists and ``overwrite`` is False.
+        """
+        path = Path(path)
+        if path.exists():
+            if not overwrite:
+                raise StoreError(f"output store {path} already exists; pass --overwrite to replace it or --resume to continue it")
+            log.warning("replacing existing store %s", path)
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        wavelengths_nm = np.asarray(wavelengths_nm, dtype=np.float64)
+        x = np.asarray(x, dtype=np.float64)
+        n_points, n_wavelengths = len(x), len(wavelengths_nm)
+
+        group = zarr.open_group(path, mode="w-", zarr_format=3)
+        group.attrs.update(
+            {
+                "fluoscan_version": fluoscan.__version__,
+                "status": ScanStatus.ACQUIRING.value,
+                "started": utc_now(),
+                "finished": None,
+                "end_reason": None,
+                **(attrs or {}),
+            }
+        )
+        raw = group.create_array(
+            "raw",
+            shape=(n_lines, n_points, n_wavelengths),
+            chunks=(1, n_points, n_wavelengths),
+            dtype=dtype,
+            fill_value=0,
+            dimension_names=["y", "x", "wavelength"],
+        )
+        raw.attrs.update({"units": "counts", "long_name": "detector counts"})
+        _coordinate(group, "wavelength", wavelengths_nm, {"units": "nm", "long_name": "wavelength"})
+        _coordinate(group, "x", x, {"units": x_units, "long_name": "position along the slit"})
+        line_arrays = {
+            "y": (np.float64, np.nan, {"units": "mm", "long_name": "stage position read back"}),
+            "line_done": (np.bool_, False, {"long_name": "line written"}),
+            "line_time": (np.float64, np.nan, {"units": "s", "long_name": "time of the frame, seconds since the epoch"}),
+            "laser_power": (np.float64, np.nan, {"units": "mW", "long_name": "laser power read back"}),
+        }
+        for name, (line_dtype, fill, line_attrs) in line_arrays.items():
+            array = group.create_array(
+                name,
+                shape=(n_lines,),
+                chunks=(min(n_lines, _LINE_META_CHUNK),),
+                dtype=line_dtype,
+                fill_value=fill,
+                dimension_names=["y"],
+            )
+            array.attrs.update(line_attrs)
+        log.info("created store %s: %d lines x %d points x %d wavelengths", path, n_lines, n_points, n_wavelengths)
+        return cls(path, group)
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> ScanStore:
+        """Open an existing store, read-only (``mode="r"``) or for writing (``mode="r+"``)."""
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"store not found: {path}")
+        try:
+            group = zarr.open_group(path, mode=mode, zarr_format=3)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            raise StoreError(f"{path} is not a readable Zarr v3 store: {exc}") from None
+        for name in ("raw", "wavelength", "line_done"):
+            if name not in group:
+                raise StoreError(f"{path} is not a fluoscan scan store: it has no {name!r} array")
+        return cls(path, group)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def raw(self) -> zarr.Array:
+        return self.group["raw"]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.raw.shape)
+
+    @property
+    def status(self) -> ScanStatus:
+        return ScanStatus(self.group.attrs["status"])
+
+    def wavelengths_nm(self) -> np.ndarray:
+        return np.asarray(self.group["wavelength"][:])
+
+    def x(self) -> np.ndarray:
+        return np.asarray(self.group["x"][:])
+
+    def y_mm(self) -> np.ndarray:
+        return np.asarray(self.group["y"][:])
+
+    def line_done(self) -> np.ndarray:
+        return np.asarray(self.group["line_done"][:], dtype=bool)
+
+    def first_missing_line(self) -> int | None:
+        """Return the index of the first line not done, or None when every line is done."""
+        missing = np.flatnonzero(~self.line_done())
+        return int(missing[0]) if missing.size else None
+
+    def dark(self) -> np.ndarray | None:
+        """Return the mean dark frame (x, wavelength), or None if the scan recorded none."""
+        return np.asarray(self.group["dark"][:]) if "dark" in self.group else None
+
+    # ------------------------------------------------------------------ writing
+
+    def write_dark(self, dark: np.ndarray, n_frames: int) -> None:
+        """Store the mean of ``n_frames`` dark frames, shape (x, wavelength)."""
+        array = self.group.create_array(
+            "dark", shape=dark.shape, dtype=np.float32, chunks=dark.shape, dimension_names=["x", "wavelength"], overwrite=True
+        )
+        array[...] = dark.astype(np.float32)
+        array.attrs.update({"units": "counts", "n_frames": n_frames, "long_name": "mean dark frame, laser off"})
+
+    def write_line(self, index: int, frame: np.ndarray, *, y_mm: float, time_s: float, laser_power_mw: float) -> None:
+        """Write one line's frame and metadata, then mark it done.
+
+        ``line_done`` is set last, so that a line marked done always has its data on disk.
+
+        Raises
+        ------
+        StoreError
+            If the line is already done: an acquired line is never overwritten.
+        """
+        line_done = self.group["line_done"]
+        if bool(line_done[index]):
+            raise StoreError(f"line {index} of {self.path} is already written; refusing to overwrite it")
+        expected = self.raw.shape[1:]
+        if frame.shape != expected:
+            raise StoreError(f"frame for line {index} has shape {frame.shape}, the store expects {expected}")
+        self.raw[index] = frame
+        self.group["y"][index] = y_mm
+        self.group["line_time"][index] = time_s
+        self.group["laser_power"][index] = laser_power_mw
+        line_done[index] = True
+
+    def set_status(self, status: ScanStatus, end_reason: str | None = None) -> None:
+        """Record the scan's status; a final status also records the end time and the reason."""
+        update: dict[str, Any] = {"status": status.value}
+        if status is not ScanStatus.ACQUIRING:
+            update["finished"] = utc_now()
+            update["end_reason"] = end_reason
+        self.group.attrs.update(update)
+
+    def update_attrs(self, **attrs: Any) -> None:
+        self.group.attrs.update(attrs)
+
+    def write_truth(self, abundance: np.ndarray, spectra: np.ndarray, components: list[str]) -> None:
+        """Store a simulated scan's ground truth: abundance (y, x, component) and spectra (component, wavelength)."""
+        truth = self.group.require_group("truth")
+        truth.attrs.update({"components": list(components)})
+        for name, values, dims in (
+            ("abundance", abundance, ["y", "x", "component"]),
+            ("spectra", spectra, ["component", "wavelength"]),
+        ):
+            array = truth.create_array(
+                name, shape=values.shape, dtype=np.float32, chunks=values.shape, dimension_names=dims, overwrite=True
+            )
+            array[...] = values.astype(np.float32)
+
+    # ------------------------------------------------------------------ reading
+
+    def read_cube(self, subtract_dark: bool = True, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """Read the whole ``raw`` cube (y, x, wavelength), minus the dark frame when there is one."""
+        cube = np.asarray(self.raw[:], dtype=dtype)
+        dark = self.dark() if subtract_dark else None
+        if dark is not None:
+            cube -= dark.astype(dtype)[None, :, :]
+        return cube
