@@ -10,6 +10,7 @@ Layout (the store contract)::
     line_time    (y,)                s since the epoch, when the line's frame was read
     laser_power  (y,)                mW, the laser's power reading at each line
     dark         (x, wavelength)     mean dark frame, laser off
+    dark_frames  (dark_frame, x, wavelength)  the dark frames as read, in counts
     truth/       simulated scans only: abundance (y, x, component), spectra (component, wavelength)
     unmixing/    written by fluoscan.unmixing.unmix_store
 
@@ -203,13 +204,33 @@ class ScanStore:
 
     # ------------------------------------------------------------------ writing
 
-    def write_dark(self, dark: np.ndarray, n_frames: int) -> None:
-        """Store the mean of ``n_frames`` dark frames, shape (x, wavelength)."""
-        array = self.group.create_array(
-            "dark", shape=dark.shape, dtype=np.float32, chunks=dark.shape, dimension_names=["x", "wavelength"], overwrite=True
+    def write_dark(self, frames: np.ndarray) -> None:
+        """Store the dark frames (frame, x, wavelength) as taken and their mean as ``dark`` (x, wavelength).
+
+        Keeping every frame lets a replay reproduce the mean exactly.
+        """
+        frames = np.asarray(frames)
+        if frames.ndim != 3 or frames.shape[1:] != self.raw.shape[1:]:
+            raise StoreError(f"dark frames have shape {frames.shape}, the store expects (n, {self.raw.shape[1]}, {self.raw.shape[2]})")
+        stack = self.group.create_array(
+            "dark_frames",
+            shape=frames.shape,
+            dtype=frames.dtype,
+            chunks=(1, *frames.shape[1:]),
+            dimension_names=["dark_frame", "x", "wavelength"],
+            overwrite=True,
         )
-        array[...] = dark.astype(np.float32)
-        array.attrs.update({"units": "counts", "n_frames": n_frames, "long_name": "mean dark frame, laser off"})
+        stack[...] = frames
+        mean = frames.mean(axis=0, dtype=np.float64).astype(np.float32)
+        array = self.group.create_array(
+            "dark", shape=mean.shape, dtype=np.float32, chunks=mean.shape, dimension_names=["x", "wavelength"], overwrite=True
+        )
+        array[...] = mean
+        array.attrs.update({"units": "counts", "n_frames": int(frames.shape[0]), "long_name": "mean dark frame, laser off"})
+
+    def dark_frames(self) -> np.ndarray | None:
+        """Return the individual dark frames (frame, x, wavelength), or None if the scan recorded none."""
+        return np.asarray(self.group["dark_frames"][:]) if "dark_frames" in self.group else None
 
     def write_line(self, index: int, frame: np.ndarray, *, y_mm: float, time_s: float, laser_power_mw: float) -> None:
         """Write one line's frame and metadata, then mark it done.
