@@ -195,8 +195,9 @@ class ComponentConfig(_Section):
     )
     spectrum: str = Field(
         "mean",
-        description='Initial spectrum: "mean" (the data\'s mean spectrum), "library:NAME" (a built-in dye spectrum), '
-        '"reference" (the store\'s reference acquisition) or a path to a .npy/.csv file of (wavelength_nm, value) rows.',
+        description='Initial spectrum: "mean" (the data\'s mean spectrum), "auto" (a pixel spectrum picked from the data), '
+        '"library:NAME" (a built-in dye spectrum), "reference" (the store\'s reference acquisition) '
+        "or a path to a .npy/.csv file of (wavelength_nm, value) rows.",
     )
     fixed: bool = Field(False, description="Hold the spectrum fixed at its initial value during the fit.")
 

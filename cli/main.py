@@ -1,0 +1,213 @@
+"""The ``fluoscan`` command: scan, replay, unmix, import, and the device helpers.
+
+Every command ends an error with one line on stderr and a non-zero exit status; ``-v`` adds debug
+logging and the traceback. A scan stopped by Ctrl-C exits with 130, by SIGTERM with 143.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fluoscan.cli.errors import handle_errors
+from fluoscan.cli.progress import make_progress
+
+app = typer.Typer(
+    help="Spectrally resolved NIR fluorescence scanning of small animals, with sparse NMF unmixing.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+log = logging.getLogger("fluoscan.cli")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    if not verbose:
+        # Third-party libraries speak only when something is wrong.
+        for name in ("pyvisa", "asyncio", "numcodecs", "zarr", "matplotlib", "distributed", "PIL"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging, and tracebacks on errors.")] = False,
+) -> None:
+    ctx.obj = {"verbose": verbose}
+    _setup_logging(verbose)
+
+
+def _default_output(config_path: Path) -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Path(f"{config_path.stem}-{stamp}.zarr")
+
+
+def _unmix_hook(no_unmix: bool, no_report: bool):
+    if no_unmix:
+        return None
+
+    def unmix_then_report(store: Path) -> None:
+        from fluoscan.unmixing import unmix_store
+
+        unmix_store(store)
+        if not no_report:
+            _write_report(store)
+
+    return unmix_then_report
+
+
+def _write_report(store: Path) -> None:
+    try:
+        from fluoscan.cli.report import write_report
+    except ImportError as exc:  # matplotlib is optional
+        log.warning("no figures written (%s); install fluoscan[report] for figures", exc)
+        return
+    write_report(store)
+
+
+@app.command()
+def scan(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(help="Scan configuration (TOML), e.g. config/simulated-mouse.toml.")],
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Store to write (a .zarr folder); default: CONFIG-<UTC time>.zarr.")
+    ] = None,
+    no_unmix: Annotated[bool, typer.Option("--no-unmix", help="Do not unmix after the scan.")] = False,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Do not write figures after unmixing.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted scan from its first missing line.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output store.")] = False,
+) -> None:
+    """Acquire a scan (real or simulated devices) into a Zarr store, then unmix it."""
+    from fluoscan.acquisition.scan import run_scan
+
+    output = output or _default_output(config)
+    with handle_errors(ctx), make_progress() as progress:
+        run_scan(
+            config,
+            output,
+            resume=resume,
+            overwrite=overwrite,
+            on_complete=_unmix_hook(no_unmix, no_report),
+            progress=progress,
+        )
+    typer.echo(f"scan written to {output}")
+
+
+@app.command()
+def unmix(
+    ctx: typer.Context,
+    store: Annotated[Path, typer.Argument(help="Scan store to unmix.")],
+    components: Annotated[
+        Optional[str], typer.Option(help="Comma-separated component names; default: the store's configuration.")
+    ] = None,
+    sparsity: Annotated[
+        Optional[str],
+        typer.Option(help='Comma-separated sparsity targets in [0, 1], "none" or "auto", one per component.'),
+    ] = None,
+    max_iter: Annotated[Optional[int], typer.Option(help="Iteration cap.")] = None,
+    tol: Annotated[Optional[float], typer.Option(help="Relative loss decrease at which the fit stops.")] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Do not write figures.")] = False,
+) -> None:
+    """Unmix an existing store into abundance maps and spectra (written to its unmixing/ group)."""
+    from fluoscan.unmixing import unmix_store
+
+    names = [name.strip() for name in components.split(",")] if components else None
+    targets = None
+    if sparsity:
+        targets = []
+        for item in sparsity.split(","):
+            item = item.strip().lower()
+            targets.append(None if item in ("none", "") else item if item == "auto" else float(item))
+    with handle_errors(ctx):
+        unmix_store(store, components=names, sparsity=targets, max_iter=max_iter, tol=tol)
+        if not no_report:
+            _write_report(store)
+    typer.echo(f"unmixing written to {store}/unmixing")
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="A .mat (MATLAB v5/v7) or .npy file holding a spectral cube.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Store to create.")],
+    variable: Annotated[Optional[str], typer.Option(help="Variable holding the cube; default: the largest array.")] = None,
+    layout: Annotated[
+        str, typer.Option(help='Axis order of the stored array: "y,x,wavelength" (any order) or "wavelength,pixel".')
+    ] = "y,x,wavelength",
+    image_shape: Annotated[Optional[str], typer.Option(help='Lines,points of the image a pixel axis unrolls, e.g. "95,95".')] = None,
+    order: Annotated[str, typer.Option(help='Unrolling order of a pixel axis: "C" (x fastest) or "F" (MATLAB, y fastest).')] = "C",
+    wavelengths: Annotated[
+        Optional[str], typer.Option(help='First and last wavelength in nm of evenly spaced bands, e.g. "401,889".')
+    ] = None,
+    wavelength_variable: Annotated[Optional[str], typer.Option(help="Variable holding the wavelengths in nm.")] = None,
+    step_mm: Annotated[float, typer.Option(help="Distance between lines, in mm.")] = 1.0,
+    reference_spectra: Annotated[
+        Optional[str], typer.Option(help="Variable holding reference spectra, stored as truth/spectra.")
+    ] = None,
+    components: Annotated[
+        Optional[str], typer.Option(help="Comma-separated names of the components to unmix, initialised from the data.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output store.")] = False,
+) -> None:
+    """Turn a recorded cube into a scan store that unmix and replay accept."""
+    from fluoscan.acquisition.importers import CubeLayout, import_cube
+
+    with handle_errors(ctx):
+        shape = tuple(int(value) for value in image_shape.split(",")) if image_shape else None
+        cube_layout = CubeLayout(axes=tuple(axis.strip() for axis in layout.split(",")), image_shape=shape, order=order.upper())
+        first_last = tuple(float(value) for value in wavelengths.split(",")) if wavelengths else None
+        if first_last is not None and len(first_last) != 2:
+            raise typer.BadParameter(f"--wavelengths takes FIRST,LAST in nm, got {wavelengths!r}")
+        import_cube(
+            file,
+            output,
+            variable=variable,
+            layout=cube_layout,
+            wavelengths_nm=first_last,
+            wavelength_variable=wavelength_variable,
+            step_mm=step_mm,
+            truth_spectra_variable=reference_spectra,
+            components=[name.strip() for name in components.split(",")] if components else None,
+            overwrite=overwrite,
+        )
+    typer.echo(f"imported {file} into {output}")
+
+
+@app.command()
+def replay(
+    ctx: typer.Context,
+    store: Annotated[Path, typer.Argument(help="Recorded or imported store to play back.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="New store to write.")],
+    no_unmix: Annotated[bool, typer.Option("--no-unmix", help="Do not unmix after the replay.")] = False,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Do not write figures after unmixing.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output store.")] = False,
+) -> None:
+    """Re-run a recorded scan through simulated devices and the real scan procedure."""
+    from fluoscan.acquisition.replay import replay_config
+    from fluoscan.acquisition.scan import run_scan
+
+    with handle_errors(ctx), make_progress() as progress:
+        config = replay_config(store)
+        run_scan(config, output, overwrite=overwrite, on_complete=_unmix_hook(no_unmix, no_report), progress=progress)
+    typer.echo(f"replay written to {output}")
+
+
+def _register_subcommands() -> None:
+    from fluoscan.cli import devices
+
+    app.add_typer(devices.app, name="devices")
+
+
+_register_subcommands()
