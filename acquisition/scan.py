@@ -294,7 +294,13 @@ def _open_store(
     return store
 
 
-def _scan_lines(config: FluoscanConfig, devices: Devices, store: ScanStore, progress: ScanProgress) -> None:
+def _scan_lines(
+    config: FluoscanConfig,
+    devices: Devices,
+    store: ScanStore,
+    progress: ScanProgress,
+    on_line: Callable[[int], Any] | None,
+) -> None:
     positions = config.scan.positions_mm()
     done = store.line_done()
     todo = [i for i in range(config.scan.n_lines) if not done[i]]
@@ -310,6 +316,8 @@ def _scan_lines(config: FluoscanConfig, devices: Devices, store: ScanStore, prog
             record = LineRecord(index, frame, y_mm=y_mm, time_s=time.time(), laser_power_mw=laser.power_mw())
             writer.put(record)
             progress.line_done(index)
+            if on_line is not None:
+                on_line(index)
     if writer.waits_for_disk:
         log.warning("the camera waited %.2f s for the disk over %d lines", writer.wait_for_disk_s, writer.waits_for_disk)
 
@@ -322,6 +330,7 @@ def run_scan(
     overwrite: bool = False,
     on_complete: Callable[[Path], Any] | None = None,
     progress: ScanProgress | None = None,
+    on_line: Callable[[int], Any] | None = None,
     device_options: dict[str, Any] | None = None,
 ) -> Path:
     """Acquire a whole scan into a Zarr store and return the store's path.
@@ -341,6 +350,9 @@ def run_scan(
         Called with the store's path once the scan is complete, e.g. ``fluoscan.unmixing.unmix_store``.
     progress : ScanProgress, optional
         Receives progress updates; logs every 10 lines by default.
+    on_line : callable, optional
+        Called with each line's index once the line is queued for writing (e.g. a preview). It runs
+        in the acquisition loop, so it must be quick.
     device_options : dict, optional
         Passed to device factories as ``DeviceContext.options`` (fault injection in tests).
 
@@ -368,7 +380,7 @@ def run_scan(
                 store = _open_store(config, devices, output, resume=resume, overwrite=overwrite)
                 _acquire_dark(config, devices, store)
                 with laser_emitting(devices.laser, config.laser.power_mw):
-                    _scan_lines(config, devices, store, progress)
+                    _scan_lines(config, devices, store, progress, on_line)
             store.set_status(ScanStatus.COMPLETE, "all lines acquired")
             log.info("scan complete: %s", output)
         except BaseException as exc:

@@ -74,7 +74,8 @@ def _write_report(store: Path) -> None:
     except ImportError as exc:  # matplotlib is optional
         log.warning("no figures written (%s); install fluoscan[report] for figures", exc)
         return
-    write_report(store)
+    folder = write_report(store)
+    log.info("figures written to %s", folder)
 
 
 @app.command()
@@ -88,12 +89,20 @@ def scan(
     no_report: Annotated[bool, typer.Option("--no-report", help="Do not write figures after unmixing.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted scan from its first missing line.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output store.")] = False,
+    preview: Annotated[
+        int, typer.Option(help="Refresh STORE-preview.png with the lines acquired so far every N lines; 0 turns it off.")
+    ] = 0,
 ) -> None:
     """Acquire a scan (real or simulated devices) into a Zarr store, then unmix it."""
     from fluoscan.acquisition.scan import run_scan
 
     output = output or _default_output(config)
     with handle_errors(ctx), make_progress() as progress:
+        on_line = None
+        if preview > 0:
+            from fluoscan.cli.report import PreviewWriter
+
+            on_line = PreviewWriter(output, every=preview)
         run_scan(
             config,
             output,
@@ -101,6 +110,7 @@ def scan(
             overwrite=overwrite,
             on_complete=_unmix_hook(no_unmix, no_report),
             progress=progress,
+            on_line=on_line,
         )
     typer.echo(f"scan written to {output}")
 
@@ -202,6 +212,22 @@ def replay(
         config = replay_config(store)
         run_scan(config, output, overwrite=overwrite, on_complete=_unmix_hook(no_unmix, no_report), progress=progress)
     typer.echo(f"replay written to {output}")
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    store: Annotated[Path, typer.Argument(help="Scan store with (or without) an unmixing/ group.")],
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Folder for the figures; default: STORE-report next to the store.")
+    ] = None,
+) -> None:
+    """Write figures (spectra, abundance maps, residual, loss, sparsity sweep) and an index.html."""
+    with handle_errors(ctx):
+        from fluoscan.cli.report import write_report
+
+        folder = write_report(store, output)
+    typer.echo(f"figures written to {folder}")
 
 
 def _register_subcommands() -> None:
