@@ -18,6 +18,16 @@ Group attributes: ``fluoscan_version``, ``status`` (a :class:`ScanStatus` value)
 ``finished`` (ISO 8601, UTC), ``end_reason``, ``config`` (the full configuration) and ``devices``
 (identity strings).
 
+The ``truth/`` and ``unmixing/`` groups carry their own copies of the ``y``, ``x``, ``wavelength``
+coordinates and a ``component`` coordinate of names (:meth:`ScanStore.write_group_coordinates`), so
+that ``xarray.open_zarr(path, group="unmixing", consolidated=False)`` labels every axis.
+
+Consolidated metadata: a scan that ends (complete or aborted) consolidates the store's metadata into
+the root ``zarr.json``, so that readers listing the hierarchy need one request. Opening a store for
+writing (``mode="r+"``) removes it, because any array or group written afterwards would be missing
+from it; :meth:`ScanStore.consolidate` (or leaving a ``with ScanStore.open(..., "r+")`` block)
+writes it again. ``ScanStore.open`` itself never reads it.
+
 zarr-python 3 writes every chunk and metadata file through a temporary file and a rename, so a
 process killed mid-write leaves the previous version of that file, never a torn one.
 """
@@ -27,6 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -57,12 +68,29 @@ def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
-def _coordinate(group: zarr.Group, name: str, values: np.ndarray, attrs: dict[str, Any]) -> None:
+def _coordinate(group: zarr.Group, name: str, values: np.ndarray, attrs: dict[str, Any], overwrite: bool = False) -> None:
     array = group.create_array(
-        name, shape=values.shape, dtype=values.dtype, chunks=values.shape, dimension_names=[name], fill_value=0
+        name,
+        shape=values.shape,
+        dtype=values.dtype,
+        chunks=values.shape,
+        dimension_names=[name],
+        fill_value=0,
+        overwrite=overwrite,
     )
     array[...] = values
     array.attrs.update(attrs)
+
+
+def _component_coordinate(group: zarr.Group, names: list[str]) -> None:
+    # zarr 3 stores str arrays with its variable-length "string" data type; xarray 2024.10 and later
+    # reads them as a coordinate. Readers that cannot are served by the "components" attribute.
+    values = np.array([str(name) for name in names], dtype=str)
+    array = group.create_array(
+        "component", shape=values.shape, dtype=str, chunks=values.shape, dimension_names=["component"], overwrite=True
+    )
+    array[...] = values
+    array.attrs.update({"long_name": "component name"})
 
 
 class ScanStore:
@@ -155,13 +183,48 @@ class ScanStore:
         if not path.exists():
             raise StoreError(f"store not found: {path}")
         try:
-            group = zarr.open_group(path, mode=mode, zarr_format=3)
+            # Listing the hierarchy instead of trusting consolidated metadata sees groups that a
+            # writer added after the last consolidation.
+            group = zarr.open_group(path, mode=mode, zarr_format=3, use_consolidated=False)
         except (FileNotFoundError, ValueError, KeyError) as exc:
             raise StoreError(f"{path} is not a readable Zarr v3 store: {exc}") from None
         for name in ("raw", "wavelength", "line_done"):
             if name not in group:
                 raise StoreError(f"{path} is not a fluoscan scan store: it has no {name!r} array")
-        return cls(path, group)
+        store = cls(path, group)
+        if mode != "r":
+            store._drop_consolidated_metadata()
+        return store
+
+    def __enter__(self) -> ScanStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.group.read_only:
+            self.consolidate()
+
+    # ------------------------------------------------------------------ consolidated metadata
+
+    def consolidate(self) -> None:
+        """Write the metadata of every array and group into the root ``zarr.json``.
+
+        Call it after adding arrays or groups to a finished store (``unmixing/``, say), so that
+        readers using consolidated metadata (``xarray.open_zarr`` without ``consolidated=False``,
+        ``zarr.open_group``) see them.
+        """
+        with warnings.catch_warnings():
+            # zarr 3.1 warns that consolidated metadata is not yet part of the Zarr v3 specification.
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            zarr.consolidate_metadata(self.path, zarr_format=3)
+        log.debug("consolidated the metadata of %s", self.path)
+
+    def _drop_consolidated_metadata(self) -> None:
+        # The group was opened without consolidated metadata, so rewriting its attributes saves a
+        # root zarr.json without it. Readers then list the hierarchy until the next consolidate().
+        probe = zarr.open_group(self.path, mode="r", zarr_format=3)
+        if probe.metadata.consolidated_metadata is not None:
+            self.group.attrs.put(dict(self.group.attrs))
+            log.debug("removed the consolidated metadata of %s, which writes would make stale", self.path)
 
     # ------------------------------------------------------------------ properties
 
@@ -261,6 +324,12 @@ class ScanStore:
             update["finished"] = utc_now()
             update["end_reason"] = end_reason
         self.group.attrs.update(update)
+        if status is not ScanStatus.ACQUIRING:
+            # The truth group was written before the first line, when y was still NaN.
+            for name in ("truth", "unmixing"):
+                if name in self.group:
+                    self.write_group_coordinates(name)
+            self.consolidate()
 
     def update_attrs(self, **attrs: Any) -> None:
         self.group.attrs.update(attrs)
@@ -277,6 +346,30 @@ class ScanStore:
                 name, shape=values.shape, dtype=np.float32, chunks=values.shape, dimension_names=dims, overwrite=True
             )
             array[...] = values.astype(np.float32)
+        self.write_group_coordinates("truth", components)
+
+    def write_group_coordinates(self, group_name: str, components: list[str] | None = None) -> None:
+        """Copy the ``y``, ``x`` and ``wavelength`` coordinates into a subgroup, with component names.
+
+        xarray looks for coordinate variables only inside the group it opens, so ``truth/`` and
+        ``unmixing/`` each need their own copy. ``y`` is copied as it is when called: write the
+        coordinates after the scan, when every line's position has been read back.
+
+        Parameters
+        ----------
+        group_name : str
+            The subgroup, e.g. "truth" or "unmixing"; it is created if missing.
+        components : list of str, optional
+            Component names, stored as the ``component`` coordinate (a zarr string array) and as
+            the group attribute ``components``.
+        """
+        subgroup = self.group.require_group(group_name)
+        for name in ("y", "x", "wavelength"):
+            source = self.group[name]
+            _coordinate(subgroup, name, np.asarray(source[:]), dict(source.attrs), overwrite=True)
+        if components is not None:
+            _component_coordinate(subgroup, list(components))
+            subgroup.attrs.update({"components": [str(name) for name in components]})
 
     # ------------------------------------------------------------------ reading
 
