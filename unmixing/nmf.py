@@ -1,0 +1,917 @@
+"""Sparse non-negative matrix factorization M ≈ A S by multiplicative updates.
+
+Shapes, used throughout: M (n_pixels, n_wavelengths) is the data, A (n_pixels, P) the weights
+(abundance maps, one column per component) and S (P, n_wavelengths) the spectra.
+
+Each iteration updates S, then A (Lee and Seung's rules):
+
+    Frobenius ‖M − AS‖²:     S ← S ∘ (AᵀM) ⊘ (AᵀA S)          A ← A ∘ (M Sᵀ) ⊘ (A S Sᵀ)
+    Kullback-Leibler D(M‖AS): S ← S ∘ (Aᵀ(M ⊘ AS)) ⊘ (Aᵀ1)     A ← A ∘ ((M ⊘ AS) Sᵀ) ⊘ (1 Sᵀ)
+
+After each A update, every column with a sparsity target is hard-thresholded
+(:mod:`fluoscan.unmixing.sparsity`). A multiplicative update never turns a zero back into a
+non-zero value, so the updates act on an unthresholded working copy ``A_work`` and only the
+thresholded copy ``A`` feeds the S update, the loss and the output. A pixel cut by an early,
+wrong threshold stays alive in ``A_work`` and comes back once its weight rises above the cut.
+
+The block kernels below work on any block of rows of M and A. Their statistics add up over blocks,
+which is what a block-wise (Dask) backend needs: the S update reads only AᵀM and AᵀA (or Aᵀ(M ⊘ AS)
+and the column sums of A), and the A update of a block reads only that block and S.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+from scipy.special import xlogy
+
+from fluoscan.unmixing.init import endmember_spectra, mean_spectrum
+from fluoscan.unmixing.sparsity import Threshold, hoyer_sparsity, threshold_columns
+
+log = logging.getLogger(__name__)
+
+# Floor for zero denominators and for AS in the Kullback-Leibler ratio, as in scikit-learn's NMF.
+EPSILON = float(np.finfo(np.float32).eps)
+# Rows per block are chosen so that one block of M (about 2 MiB) stays in cache between the two
+# products that read it.
+_BLOCK_BYTES = 2 * 1024 * 1024
+# How many masked (saturated) pixels the abundance estimate prints in a message.
+_SHOWN_PIXELS = 5
+
+
+class Loss(str, Enum):
+    """Objective of the factorization."""
+
+    FROBENIUS = "frobenius"
+    KULLBACK_LEIBLER = "kullback-leibler"
+
+
+class ConvergenceWarning(UserWarning):
+    """The fit reached ``max_iter`` before the loss settled to within ``tol``."""
+
+
+class DataWarning(UserWarning):
+    """Input values were clipped or pixels were excluded from the fit."""
+
+
+# ---------------------------------------------------------------------- block kernels
+
+
+def spectra_statistics(
+    A: np.ndarray, M: np.ndarray, out: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Compute AᵀM (P, n_wavelengths) and AᵀA (P, P) of a block of rows, in float64.
+
+    The products run in the data's dtype (BLAS) and are accumulated in float64, so that the sums
+    over blocks keep the precision that the Frobenius loss from Gram matrices needs.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_rows, P)
+    M : ndarray of shape (n_rows, n_wavelengths)
+    out : (AtM, AtA), optional
+        float64 accumulators that the block's statistics are added to.
+    """
+    if out is None:
+        out = (np.zeros((A.shape[1], M.shape[1])), np.zeros((A.shape[1], A.shape[1])))
+    np.add(out[0], A.T @ M, out=out[0])
+    np.add(out[1], A.T @ A, out=out[1])
+    return out
+
+
+def update_spectra(S: np.ndarray, AtM: np.ndarray, AtA: np.ndarray, free: np.ndarray | None = None) -> None:
+    """Apply the Frobenius update S ← S ∘ (AᵀM) ⊘ (AᵀA S) in place, to the rows in ``free`` only."""
+    denominator = AtA @ S.astype(np.float64)
+    denominator[denominator == 0] = EPSILON
+    ratio = AtM / denominator
+    _scale_rows(S, ratio, free)
+
+
+def update_abundance(
+    A: np.ndarray, M: np.ndarray, S: np.ndarray, SSt: np.ndarray, work: tuple[np.ndarray, np.ndarray] | None = None
+) -> None:
+    """Apply the Frobenius update A ← A ∘ (M Sᵀ) ⊘ (A S Sᵀ) in place to a block of rows.
+
+    ``work`` holds two buffers of A's shape and dtype, so that the loop allocates nothing.
+    """
+    numerator, denominator = work if work is not None else (np.empty_like(A), np.empty_like(A))
+    np.matmul(M, S.T, out=numerator)
+    np.matmul(A, SSt, out=denominator)
+    denominator[denominator == 0] = EPSILON
+    np.divide(numerator, denominator, out=numerator)
+    np.multiply(A, numerator, out=A)
+
+
+def frobenius_loss(norm_sq: float, AtM: np.ndarray, AtA: np.ndarray, S: np.ndarray) -> float:
+    """Return ‖M − AS‖² = ‖M‖² − 2⟨AᵀM, S⟩ + ⟨AᵀA, S Sᵀ⟩ without forming the residual.
+
+    NOTE: the three terms nearly cancel for a good fit. With float32 data and float64 accumulation
+    the rounding error is about 1e-9 ‖M‖², so a loss below that level is noise.
+    """
+    S = S.astype(np.float64)
+    value = norm_sq - 2.0 * float(np.vdot(AtM, S)) + float(np.vdot(AtA, S @ S.T))
+    return max(value, 0.0)
+
+
+def kl_statistics(
+    A: np.ndarray, M: np.ndarray, S: np.ndarray, work: np.ndarray | None = None, divergence: bool = False
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Compute Aᵀ(M ⊘ AS) (P, n_wavelengths), the column sums of A (P,) and optionally D(M‖AS) of a block.
+
+    Returns float64 statistics; the divergence is NaN when ``divergence`` is False. ``work`` is a
+    buffer of M's shape and dtype for AS.
+    """
+    ratio = np.matmul(A, S, out=work)
+    np.maximum(ratio, EPSILON, out=ratio)
+    value = np.nan
+    if divergence:
+        value = float(np.sum(ratio, dtype=np.float64)) - float(np.sum(M, dtype=np.float64))
+    np.divide(M, ratio, out=ratio)
+    if divergence:
+        value += float(np.sum(xlogy(M, ratio), dtype=np.float64))
+    return (A.T @ ratio).astype(np.float64), np.sum(A, axis=0, dtype=np.float64), value
+
+
+def update_spectra_kl(S: np.ndarray, AtR: np.ndarray, A_sum: np.ndarray, free: np.ndarray | None = None) -> None:
+    """Apply the Kullback-Leibler update S ← S ∘ (Aᵀ(M ⊘ AS)) ⊘ (Aᵀ1) in place, to the rows in ``free`` only."""
+    denominator = np.where(A_sum == 0, EPSILON, A_sum)
+    _scale_rows(S, AtR / denominator[:, None], free)
+
+
+def update_abundance_kl(A: np.ndarray, M: np.ndarray, S: np.ndarray, work: np.ndarray | None = None) -> None:
+    """Apply the Kullback-Leibler update A ← A ∘ ((M ⊘ AS) Sᵀ) ⊘ (1 Sᵀ) in place to a block of rows."""
+    ratio = np.matmul(A, S, out=work)
+    np.maximum(ratio, EPSILON, out=ratio)
+    np.divide(M, ratio, out=ratio)
+    numerator = ratio @ S.T
+    denominator = S.sum(axis=1)
+    denominator[denominator == 0] = EPSILON
+    numerator /= denominator
+    np.multiply(A, numerator, out=A)
+
+
+def _scale_rows(S: np.ndarray, ratio: np.ndarray, free: np.ndarray | None) -> None:
+    if free is None:
+        S *= ratio.astype(S.dtype)
+    else:
+        S[free] *= ratio[free].astype(S.dtype)
+
+
+def _row_blocks(n_rows: int, block_rows: int) -> list[slice]:
+    return [slice(start, min(start + block_rows, n_rows)) for start in range(0, n_rows, block_rows)]
+
+
+def _gram(A: np.ndarray, blocks: list[slice]) -> np.ndarray:
+    gram = np.zeros((A.shape[1], A.shape[1]))
+    for rows in blocks:
+        np.add(gram, A[rows].T @ A[rows], out=gram)
+    return gram
+
+
+def _kept_rows_product(A_columns: np.ndarray, M: np.ndarray, block_rows: int) -> np.ndarray:
+    """Return A_columnsᵀ M in float64, reading only the rows of M where a column is non-zero."""
+    product = np.zeros((A_columns.shape[1], M.shape[1]))
+    rows = np.flatnonzero(np.any(A_columns != 0, axis=1))
+    if rows.size > M.shape[0] // 2:
+        for block in _row_blocks(M.shape[0], block_rows):
+            np.add(product, A_columns[block].T @ M[block], out=product)
+        return product
+    for start in range(0, rows.size, block_rows):
+        index = rows[start : start + block_rows]
+        np.add(product, A_columns[index].T @ M[index], out=product)
+    return product
+
+
+# ---------------------------------------------------------------------- the update loop
+
+
+@dataclass
+class _LoopResult:
+    A: np.ndarray
+    loss_history: list[float]
+    n_iter: int
+    converged: bool
+    cuts: list[Threshold | None]
+    n_zeroed: np.ndarray
+    seconds: float = 0.0
+    iterations_timed: int = 0
+
+
+@dataclass
+class _LoopSettings:
+    loss: Loss
+    rules: list[float | str | None]
+    free: np.ndarray | None
+    update_spectra: bool
+    max_iter: int
+    tol: float
+    loss_every: int
+    block_rows: int
+    norm_sq: float = 0.0
+    column_sums: np.ndarray | None = field(default=None, repr=False)
+    initial_statistics: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+
+def _run_updates(M: np.ndarray, A_work: np.ndarray, S: np.ndarray, settings: _LoopSettings) -> _LoopResult:
+    """Iterate the updates on ``A_work`` and ``S`` in place; return the thresholded A and the history."""
+    n_pixels, n_components = A_work.shape
+    blocks = _row_blocks(n_pixels, settings.block_rows)
+    targeted = [p for p, rule in enumerate(settings.rules) if rule is not None]
+    frobenius = settings.loss is Loss.FROBENIUS
+
+    A = np.empty_like(A_work) if targeted else A_work
+    cuts: list[Threshold | None] = [None] * n_components
+    n_zeroed = np.zeros(n_components, dtype=np.int64)
+    if targeted:
+        cuts, n_zeroed = threshold_columns(A_work, settings.rules, out=A)
+
+    block_size = blocks[0].stop - blocks[0].start
+    if frobenius:
+        work = (np.empty((block_size, n_components), A.dtype), np.empty((block_size, n_components), A.dtype))
+        if settings.initial_statistics is not None and not targeted:
+            AtM, AtA = (statistic.copy() for statistic in settings.initial_statistics)
+        else:
+            AtM, AtA = np.zeros((n_components, M.shape[1])), np.zeros((n_components, n_components))
+            for rows in blocks:
+                spectra_statistics(A[rows], M[rows], out=(AtM, AtA))
+    else:
+        ratio_work = np.empty((block_size, M.shape[1]), M.dtype)
+
+    history: list[float] = []
+    converged = False
+    started = time.perf_counter()
+    for iteration in range(settings.max_iter + 1):
+        check = iteration % settings.loss_every == 0 or iteration == settings.max_iter
+        if frobenius:
+            if check:
+                history.append(frobenius_loss(settings.norm_sq, AtM, AtA, S))
+        else:
+            AtR, A_sum, divergence = np.zeros((n_components, M.shape[1])), np.zeros(n_components), 0.0
+            for rows in blocks:
+                block_AtR, block_sum, block_divergence = kl_statistics(
+                    A[rows], M[rows], S, ratio_work[: rows.stop - rows.start], divergence=check
+                )
+                AtR += block_AtR
+                A_sum += block_sum
+                divergence += block_divergence
+            if check:
+                history.append(max(divergence, 0.0))
+        if check and len(history) > 1 and settings.tol > 0:
+            previous = history[-2]
+            if abs(previous - history[-1]) <= settings.tol * previous:
+                converged = True
+                break
+        if iteration == settings.max_iter:
+            break
+
+        if settings.update_spectra:
+            if frobenius:
+                update_spectra(S, AtM, AtA, settings.free)
+            else:
+                update_spectra_kl(S, AtR, A_sum, settings.free)
+        if frobenius:
+            # One pass over M: each block's A update and its share of AᵀM read the block while it is in cache.
+            SSt = S @ S.T
+            AtM[...] = 0.0
+            for rows in blocks:
+                size = rows.stop - rows.start
+                update_abundance(A_work[rows], M[rows], S, SSt, work=(work[0][:size], work[1][:size]))
+                np.add(AtM, A_work[rows].T @ M[rows], out=AtM)
+        else:
+            for rows in blocks:
+                update_abundance_kl(A_work[rows], M[rows], S, ratio_work[: rows.stop - rows.start])
+
+        if targeted:
+            cuts, n_zeroed = threshold_columns(A_work, settings.rules, out=A)
+            if frobenius:
+                AtM[targeted] = _kept_rows_product(A[:, targeted], M, settings.block_rows)
+        if frobenius:
+            AtA = _gram(A, blocks)
+        if log.isEnabledFor(logging.DEBUG) and check and iteration % (50 * settings.loss_every) == 0:
+            log.debug("iteration %d: loss %.6g", iteration, history[-1])
+
+    return _LoopResult(
+        A=A,
+        loss_history=history,
+        n_iter=iteration,
+        converged=converged,
+        cuts=cuts,
+        n_zeroed=n_zeroed,
+        seconds=time.perf_counter() - started,
+        iterations_timed=iteration,
+    )
+
+
+# ---------------------------------------------------------------------- input checks
+
+
+@dataclass
+class _PreparedData:
+    """The rows that enter the fit and what was done to the input to get them."""
+
+    M: np.ndarray
+    fit_rows: np.ndarray | None
+    masked_rows: np.ndarray
+    masked_data: np.ndarray
+    masked_weights: np.ndarray | None
+    n_clipped: int
+
+
+def _as_float_matrix(M: Any, name: str = "M") -> np.ndarray:
+    M = np.asarray(M)
+    if M.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D array (n_pixels, n_wavelengths), got shape {M.shape}; "
+            "reshape a cube with cube.reshape(-1, n_wavelengths)"
+        )
+    if M.dtype not in (np.float32, np.float64):
+        if not (np.issubdtype(M.dtype, np.number) or M.dtype == np.bool_):
+            raise ValueError(f"{name} must hold numbers, got dtype {M.dtype}")
+        M = M.astype(np.float64)
+    return M
+
+
+def _check_finite(M: np.ndarray, name: str = "M") -> None:
+    # A float64 sum is finite exactly when every entry is, barring overflow beyond 1e308.
+    if np.isfinite(np.sum(M, dtype=np.float64)):
+        return
+    bad = ~np.isfinite(M)
+    pixels = np.flatnonzero(bad.any(axis=1))
+    if pixels.size == 0:
+        return
+    shown = ", ".join(str(p) for p in pixels[:_SHOWN_PIXELS])
+    more = ", ..." if pixels.size > _SHOWN_PIXELS else ""
+    raise ValueError(
+        f"{name} contains {int(bad.sum())} NaN or infinite values in {pixels.size} pixels "
+        f"(pixel indices {shown}{more}); remove or repair those pixels before unmixing"
+    )
+
+
+def _saturation_masks(M: np.ndarray, saturation: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Return (pixel mask, entry mask) for the ``saturation`` argument of fit."""
+    if saturation is None:
+        return None, None
+    if np.isscalar(saturation):
+        if isinstance(saturation, bool) or not np.isfinite(saturation):
+            raise ValueError(f"saturation must be a finite number or a boolean mask, got {saturation!r}")
+        entries = M >= saturation
+        return entries.any(axis=1), entries
+    mask = np.asarray(saturation)
+    if mask.dtype != np.bool_:
+        raise ValueError(f"a saturation mask must be boolean, got dtype {mask.dtype}")
+    if mask.shape == (M.shape[0],):
+        return mask, None
+    if mask.shape == M.shape:
+        return mask.any(axis=1), mask
+    raise ValueError(
+        f"saturation mask has shape {mask.shape}; expected (n_pixels,) = ({M.shape[0]},) or M's shape {M.shape}"
+    )
+
+
+def _prepare_data(M: np.ndarray, saturation: Any) -> _PreparedData:
+    """Clip negative values and set the saturated pixels apart, copying M at most once."""
+    n_negative = int(np.count_nonzero(M < 0)) if M.min(initial=0) < 0 else 0
+    pixel_mask, entry_mask = _saturation_masks(M, saturation)
+    if n_negative:
+        message = (
+            f"{n_negative} negative values in the data (e.g. after dark subtraction) were clipped to 0 "
+            "because NMF needs non-negative data"
+        )
+        log.warning(message)
+        warnings.warn(message, DataWarning, stacklevel=4)
+
+    if pixel_mask is None or not pixel_mask.any():
+        fitted = np.maximum(M, 0) if n_negative else M
+        return _PreparedData(fitted, None, np.empty(0, np.intp), M[:0], None, n_negative)
+
+    fit_rows = np.flatnonzero(~pixel_mask)
+    masked_rows = np.flatnonzero(pixel_mask)
+    if fit_rows.size < 2:
+        raise ValueError(
+            f"{masked_rows.size} of {M.shape[0]} pixels are saturated, which leaves too few to fit; "
+            "shorten the exposure or lower the laser power"
+        )
+    message = (
+        f"{masked_rows.size} saturated pixels (of {M.shape[0]}) were left out of the fit; "
+        "their weights are estimated afterwards from their unsaturated wavelengths"
+    )
+    log.warning(message)
+    warnings.warn(message, DataWarning, stacklevel=4)
+    fitted = M[fit_rows]
+    np.maximum(fitted, 0, out=fitted)
+    masked = np.maximum(M[masked_rows], 0)
+    weights = None if entry_mask is None else (~entry_mask[masked_rows]).astype(M.dtype)
+    return _PreparedData(fitted, fit_rows, masked_rows, masked, weights, n_negative)
+
+
+def _data_moments(M: np.ndarray, blocks: list[slice]) -> tuple[float, np.ndarray]:
+    """Return ‖M‖² and the column sums of M, accumulated in float64."""
+    norm_sq = 0.0
+    column_sums = np.zeros(M.shape[1])
+    for rows in blocks:
+        block = M[rows]
+        norm_sq += float(np.einsum("ij,ij->", block, block, dtype=np.float64))
+        column_sums += np.sum(block, axis=0, dtype=np.float64)
+    return norm_sq, column_sums
+
+
+def _check_spectra_init(
+    spectra: Any, n_components: int, n_wavelengths: int, rules: list[Any], fixed: np.ndarray, names: list[str]
+) -> np.ndarray:
+    spectra = np.asarray(spectra, dtype=np.float64)
+    if spectra.shape != (n_components, n_wavelengths):
+        raise ValueError(
+            f"spectra_init has shape {spectra.shape}; expected (n_components, n_wavelengths) = "
+            f"({n_components}, {n_wavelengths})"
+        )
+    if not np.all(np.isfinite(spectra)) or np.any(spectra < 0):
+        raise ValueError("spectra_init must be finite and non-negative")
+    zero = [names[p] for p in range(n_components) if not spectra[p].any()]
+    if zero:
+        raise ValueError(f"initial spectra of {zero} are zero everywhere; a multiplicative update cannot move them")
+
+    # Identical rows stay identical under the updates unless their constraints differ.
+    unit = spectra / np.linalg.norm(spectra, axis=1, keepdims=True)
+    distinct: list[int] = []
+    for p in range(n_components):
+        twin = next((q for q in distinct if np.allclose(unit[p], unit[q], rtol=0, atol=1e-9)), None)
+        if twin is None:
+            distinct.append(p)
+        elif rules[p] == rules[twin] and fixed[p] == fixed[twin]:
+            raise ValueError(
+                f"components {names[twin]!r} and {names[p]!r} start from the same spectrum with the same "
+                "constraints, so the updates would keep them identical; give one of them another initial spectrum"
+            )
+        else:
+            log.info("%r and %r start from the same spectrum; their sparsity targets separate them", names[twin], names[p])
+    rank = np.linalg.matrix_rank(unit[distinct])
+    if rank < len(distinct):
+        raise ValueError(
+            f"the initial spectra are linearly dependent (rank {rank} for {len(distinct)} distinct spectra); "
+            "use fewer components or other initial spectra"
+        )
+    return spectra
+
+
+# ---------------------------------------------------------------------- the estimator
+
+_INIT_METHODS = ("spa", "mean", "random")
+
+
+class SparseNMF:
+    """Non-negative matrix factorization M ≈ A S with per-component sparsity targets on A.
+
+    Fits weights A (n_pixels, n_components) and spectra S (n_components, n_wavelengths) by
+    multiplicative updates, S first, then A, each iteration. After each A update, every column with
+    a sparsity target is hard-thresholded: entries below ``max / β`` are set to 0, with β chosen
+    exactly so that the column's Hoyer sparsity is as close as possible to its target.
+
+    Parameters
+    ----------
+    n_components : int or None, default=None
+        Number of components P. None takes it from ``components``, ``sparsity``, ``fixed_spectra``
+        or the ``spectra_init`` given to :meth:`fit`.
+    sparsity : float, "auto", None or sequence of these, default=None
+        Hoyer sparsity target in [0, 1] of each component's weight column; None for no constraint;
+        ``"auto"`` thresholds at the column's noise floor (median + 3 robust standard deviations).
+        A single value applies to every component.
+    components : sequence of str, optional
+        Component names, e.g. ``["autofluorescence", "icg_lnp", "af750"]``.
+        Default ``component_0``, ``component_1``, ...
+    loss : {"frobenius", "kullback-leibler"}, default="frobenius"
+        Objective: ‖M − AS‖²_F or the generalised Kullback-Leibler divergence D(M‖AS).
+    max_iter : int, default=500
+        Maximum number of iterations.
+    tol : float, default=1e-5
+        The fit stops when the loss changes by less than ``tol`` times its previous value between
+        two evaluations. The change is taken in absolute value because a threshold step can raise
+        the loss. 0 runs ``max_iter`` iterations.
+    fixed_spectra : sequence of bool, or of component names or indices, optional
+        Components whose spectra stay at their initial value (known dye spectra).
+    init : {"spa", "mean", "random"}, default="spa"
+        Initial spectra when :meth:`fit` gets no ``spectra_init``: the data's purest pixels picked by
+        the successive projection algorithm (deterministic), the data's mean spectrum (one component
+        only, or components with different sparsity targets), or the mean spectrum times uniform
+        random factors in [0.5, 1.5) drawn from ``random_state``.
+    random_state : int, numpy.random.Generator or None, default=None
+        Seed of the "random" initialisation. Every other step is deterministic.
+    loss_every : int or None, default=None
+        Iterations between loss evaluations. None: 1 for Frobenius (the loss costs no pass over M)
+        and 10 for Kullback-Leibler (one extra pass over M with a logarithm per entry).
+    block_rows : int or None, default=None
+        Rows of M per block in the update loop; None sizes a block to about 2 MiB.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_wavelengths)
+        Fitted spectra S. Free spectra are scaled to a peak of 1 and A carries their intensity;
+        fixed spectra keep the scale they were given.
+    n_components_ : int
+    component_names_ : list of str
+    spectra_init_ : ndarray of shape (n_components, n_wavelengths)
+        Initial spectra, in the data's dtype.
+    n_iter_ : int
+        Iterations run.
+    converged_ : bool
+        Whether the loss settled to within ``tol`` before ``max_iter``.
+    loss_history_ : ndarray
+        Loss before the first iteration and after every ``loss_every`` iterations (and after the last).
+        Frobenius: ‖M − AS‖²_F; Kullback-Leibler: D(M‖AS). Saturated pixels are not included.
+    loss_every_ : int
+        Iterations between two entries of ``loss_history_``.
+    reconstruction_err_ : float
+        ‖M − AS‖_F for the Frobenius loss, D(M‖AS) for Kullback-Leibler, over the fitted pixels.
+    sparsity_target_ : list of float, "auto" or None
+    sparsity_ : ndarray of shape (n_components,)
+        Hoyer sparsity reached by each weight column; NaN for components without a target.
+    n_zeroed_ : ndarray of shape (n_components,)
+        Entries set to 0 by the last threshold step in each column.
+    thresholds_ : list of Threshold or None
+        Last cut of each column (threshold value, β, entries kept).
+    fixed_ : ndarray of shape (n_components,), bool
+    n_clipped_ : int
+        Negative data values clipped to 0.
+    saturated_pixels_ : ndarray of shape (n_pixels,), bool
+        Pixels left out of the fit because they are saturated.
+    n_features_in_ : int
+        Number of wavelengths seen in fit.
+    seconds_per_iter_ : float
+        Wall time per iteration of the update loop.
+    """
+
+    def __init__(
+        self,
+        n_components: int | None = None,
+        *,
+        sparsity: float | str | Sequence[float | str | None] | None = None,
+        components: Sequence[str] | None = None,
+        loss: str = "frobenius",
+        max_iter: int = 500,
+        tol: float = 1e-5,
+        fixed_spectra: Sequence[bool] | Sequence[str | int] | None = None,
+        init: str = "spa",
+        random_state: int | np.random.Generator | None = None,
+        loss_every: int | None = None,
+        block_rows: int | None = None,
+    ) -> None:
+        self.n_components = n_components
+        self.sparsity = sparsity
+        self.components = components
+        self.loss = loss
+        self.max_iter = max_iter
+        self.tol = tol
+        self.fixed_spectra = fixed_spectra
+        self.init = init
+        self.random_state = random_state
+        self.loss_every = loss_every
+        self.block_rows = block_rows
+
+    def get_params(self) -> dict[str, Any]:
+        """Return the constructor parameters."""
+        names = ("n_components", "sparsity", "components", "loss", "max_iter", "tol", "fixed_spectra", "init",
+                 "random_state", "loss_every", "block_rows")  # fmt: skip
+        return {name: getattr(self, name) for name in names}
+
+    def __repr__(self) -> str:
+        changed = {key: value for key, value in self.get_params().items() if value != _DEFAULTS[key]}
+        return f"SparseNMF({', '.join(f'{key}={value!r}' for key, value in changed.items())})"
+
+    # ------------------------------------------------------------------ parameters
+
+    def _n_components(self, spectra_init: Any) -> int:
+        counts: dict[str, int] = {}
+        if self.n_components is not None:
+            if isinstance(self.n_components, bool) or not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
+                raise ValueError(f"n_components must be a positive integer or None, got {self.n_components!r}")
+            counts["n_components"] = int(self.n_components)
+        if self.components is not None:
+            counts["components"] = len(self.components)
+        if _is_sequence(self.sparsity):
+            counts["sparsity"] = len(self.sparsity)
+        if self.fixed_spectra is not None and all(isinstance(flag, (bool, np.bool_)) for flag in self.fixed_spectra):
+            counts["fixed_spectra"] = len(self.fixed_spectra)
+        if spectra_init is not None:
+            counts["spectra_init"] = int(np.shape(spectra_init)[0])
+        if not counts:
+            raise ValueError("the number of components is unknown: give n_components, components or spectra_init")
+        if len(set(counts.values())) > 1:
+            given = ", ".join(f"{key} gives {count}" for key, count in counts.items())
+            raise ValueError(f"inconsistent number of components: {given}")
+        return next(iter(counts.values()))
+
+    def _validate(self, spectra_init: Any) -> tuple[int, list[str], list[Any], np.ndarray, Loss, int]:
+        n_components = self._n_components(spectra_init)
+        names = [f"component_{p}" for p in range(n_components)] if self.components is None else [str(c) for c in self.components]
+        if len(set(names)) != len(names):
+            raise ValueError(f"component names must be unique, got {names}")
+
+        rules = list(self.sparsity) if _is_sequence(self.sparsity) else [self.sparsity] * n_components
+        for p, rule in enumerate(rules):
+            if rule is None or rule == "auto":
+                continue
+            if isinstance(rule, (bool, str)) or not isinstance(rule, (int, float, np.floating, np.integer)) or not 0 <= rule <= 1:
+                raise ValueError(f'sparsity of {names[p]!r} must be a number in [0, 1], "auto" or None, got {rule!r}')
+            rules[p] = float(rule)
+
+        fixed = np.zeros(n_components, dtype=bool)
+        for item in self.fixed_spectra or ():
+            if isinstance(item, (bool, np.bool_)):
+                fixed = np.asarray(self.fixed_spectra, dtype=bool)
+                break
+            if isinstance(item, str) and item in names:
+                fixed[names.index(item)] = True
+            elif isinstance(item, (int, np.integer)) and 0 <= item < n_components:
+                fixed[int(item)] = True
+            else:
+                raise ValueError(f"fixed_spectra names unknown component {item!r}; components are {names}")
+
+        try:
+            loss = Loss(self.loss)
+        except ValueError:
+            allowed = ", ".join(repr(item.value) for item in Loss)
+            raise ValueError(f"loss must be one of {allowed}, got {self.loss!r}") from None
+        for name, value, low in (("max_iter", self.max_iter, 1), ("loss_every", self.loss_every, 1), ("block_rows", self.block_rows, 1)):
+            if value is None and name != "max_iter":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float, np.floating)) or not self.tol >= 0:
+            raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
+        if self.init not in _INIT_METHODS:
+            raise ValueError(f"init must be one of {', '.join(map(repr, _INIT_METHODS))}, got {self.init!r}")
+        loss_every = self.loss_every or (1 if loss is Loss.FROBENIUS else 10)
+        return n_components, names, rules, fixed, loss, loss_every
+
+    def _block_rows(self, n_wavelengths: int, itemsize: int) -> int:
+        return self.block_rows or max(64, _BLOCK_BYTES // (n_wavelengths * itemsize))
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(
+        self, M: Any, spectra_init: Any = None, *, abundance_init: Any = None, saturation: Any = None
+    ) -> SparseNMF:
+        """Fit A and S to the data.
+
+        Parameters
+        ----------
+        M : array_like of shape (n_pixels, n_wavelengths)
+            Non-negative data, e.g. a cube minus its dark frame reshaped to (Ny·Nx, Nλ). float32 and
+            float64 are kept as given; other dtypes become float64. Negative values are clipped to 0
+            with a :class:`DataWarning`.
+        spectra_init : array_like of shape (n_components, n_wavelengths), optional
+            Initial spectra S. Default: from ``init``.
+        abundance_init : array_like of shape (n_pixels, n_components), optional
+            Initial weights A. Default: one positive constant, the least-squares scale of the
+            initial spectra's sum to the data.
+        saturation : float or bool array, optional
+            A value at or above which an entry is saturated, or a mask of saturated pixels
+            (n_pixels,) or entries (n_pixels, n_wavelengths). Saturated pixels are left out of the
+            fit; their weights are estimated afterwards with S fixed, from their unsaturated entries.
+
+        Returns
+        -------
+        self
+        """
+        self._fit(M, spectra_init, abundance_init, saturation)
+        return self
+
+    def fit_transform(
+        self, M: Any, spectra_init: Any = None, *, abundance_init: Any = None, saturation: Any = None
+    ) -> np.ndarray:
+        """Fit the model and return the weights A, of shape (n_pixels, n_components).
+
+        The arguments are those of :meth:`fit`.
+        """
+        return self._fit(M, spectra_init, abundance_init, saturation)
+
+    def transform(self, M: Any) -> np.ndarray:
+        """Compute the weights A for new data with the fitted spectra held fixed.
+
+        The same sparsity rules, ``max_iter`` and ``tol`` apply as in :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (n_pixels, n_components)
+        """
+        if not hasattr(self, "components_"):
+            raise RuntimeError("this SparseNMF is not fitted yet; call fit or fit_transform first")
+        M = _as_float_matrix(M)
+        if M.shape[1] != self.n_features_in_:
+            raise ValueError(f"M has {M.shape[1]} wavelengths, the model was fitted on {self.n_features_in_}")
+        _check_finite(M)
+        prepared = _prepare_data(M, None)
+        _, _, rules, _, loss, loss_every = self._validate(self.components_)
+        S = self.components_.astype(M.dtype)
+        settings = self._settings(prepared.M, loss, rules, None, loss_every, update_spectra=False)
+        A_work = _constant_abundance(prepared.M, S, settings)
+        result = _run_updates(prepared.M, A_work, S, settings)
+        self._warn_if_not_converged(result)
+        return result.A.copy() if result.A is not A_work else A_work
+
+    def _settings(
+        self, M: np.ndarray, loss: Loss, rules: list[Any], free: np.ndarray | None, loss_every: int, update_spectra: bool
+    ) -> _LoopSettings:
+        block_rows = self._block_rows(M.shape[1], M.dtype.itemsize)
+        norm_sq, column_sums = _data_moments(M, _row_blocks(M.shape[0], block_rows))
+        settings = _LoopSettings(
+            loss=loss,
+            rules=rules,
+            free=free,
+            update_spectra=update_spectra,
+            max_iter=int(self.max_iter),
+            tol=float(self.tol),
+            loss_every=loss_every,
+            block_rows=block_rows,
+            norm_sq=norm_sq,
+            column_sums=column_sums,
+        )
+        return settings
+
+    def _fit(self, M: Any, spectra_init: Any, abundance_init: Any, saturation: Any) -> np.ndarray:
+        M = _as_float_matrix(M)
+        n_components, names, rules, fixed, loss, loss_every = self._validate(spectra_init)
+        _check_finite(M)
+        n_pixels, n_wavelengths = M.shape
+        if n_pixels < 2 or n_wavelengths < 1:
+            raise ValueError(f"M needs at least 2 pixels and 1 wavelength, got shape {M.shape}")
+        if n_components > min(n_pixels, n_wavelengths):
+            raise ValueError(
+                f"n_components={n_components} exceeds what data of shape {M.shape} support "
+                f"(at most min(n_pixels, n_wavelengths) = {min(n_pixels, n_wavelengths)})"
+            )
+        prepared = _prepare_data(M, saturation)
+        data = prepared.M
+        if not np.any(data):
+            raise ValueError("the data are zero everywhere (after clipping negative values); there is nothing to unmix")
+
+        S = self._initial_spectra(data, spectra_init, n_components, names, rules, fixed).astype(M.dtype)
+        free = None if not fixed.any() else ~fixed
+        settings = self._settings(data, loss, rules, free, loss_every, update_spectra=True)
+        if abundance_init is None:
+            A_work = _constant_abundance(data, S, settings)
+        else:
+            A_work = _check_abundance_init(abundance_init, n_pixels, n_components, M.dtype)
+            A_work = A_work if prepared.fit_rows is None else A_work[prepared.fit_rows]
+
+        log.info(
+            "fitting %d components %s to %d pixels x %d wavelengths (%s, %s loss, sparsity %s, fixed %s)",
+            n_components, names, data.shape[0], n_wavelengths, M.dtype, loss.value, rules, fixed.tolist(),
+        )  # fmt: skip
+        self.spectra_init_ = S.copy()
+        result = _run_updates(data, A_work, S, settings)
+        A = self._assemble_abundance(result, prepared, S, loss, n_pixels)
+
+        # Free spectra are reported with a peak of 1; the weights carry the intensity.
+        peaks = S.max(axis=1)
+        scale = np.where(fixed | (peaks <= 0), 1.0, peaks).astype(M.dtype)
+        S /= scale[:, None]
+        A *= scale[None, :]
+
+        self.components_ = S
+        self.n_components_ = n_components
+        self.component_names_ = names
+        self.fixed_ = fixed
+        self.sparsity_target_ = rules
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.loss_history_ = np.asarray(result.loss_history)
+        self.loss_every_ = loss_every
+        final = result.loss_history[-1]
+        self.reconstruction_err_ = float(np.sqrt(final)) if loss is Loss.FROBENIUS else float(final)
+        self.thresholds_ = result.cuts
+        self.n_zeroed_ = result.n_zeroed
+        self.sparsity_ = np.array(
+            [hoyer_sparsity(A[:, p]) if rules[p] is not None else np.nan for p in range(n_components)]
+        )
+        self.n_clipped_ = prepared.n_clipped
+        self.saturated_pixels_ = np.zeros(n_pixels, dtype=bool)
+        self.saturated_pixels_[prepared.masked_rows] = True
+        self.n_features_in_ = n_wavelengths
+        self.seconds_per_iter_ = result.seconds / max(result.iterations_timed, 1)
+
+        log.info(
+            "stopped after %d iterations (%s), loss %.6g, %.3g s per iteration, sparsity reached %s",
+            result.n_iter, "converged" if result.converged else "max_iter reached", final,
+            self.seconds_per_iter_, np.round(self.sparsity_, 3).tolist(),
+        )  # fmt: skip
+        self._warn_if_not_converged(result)
+        dead = [names[p] for p in range(n_components) if not A[:, p].any() or not S[p].any()]
+        if dead:
+            warnings.warn(f"components {dead} ended at zero everywhere; the data may support fewer components", DataWarning, stacklevel=3)
+        return A
+
+    def _initial_spectra(
+        self, data: np.ndarray, spectra_init: Any, n_components: int, names: list[str], rules: list[Any], fixed: np.ndarray
+    ) -> np.ndarray:
+        if spectra_init is None:
+            if self.init == "spa":
+                spectra_init = endmember_spectra(data, n_components)
+            else:
+                mean = mean_spectrum(data)
+                spectra_init = np.tile(mean / mean.max(), (n_components, 1))
+                if self.init == "random":
+                    spectra_init *= np.random.default_rng(self.random_state).uniform(0.5, 1.5, spectra_init.shape)
+        return _check_spectra_init(spectra_init, n_components, data.shape[1], rules, fixed, names)
+
+    def _assemble_abundance(
+        self, result: _LoopResult, prepared: _PreparedData, S: np.ndarray, loss: Loss, n_pixels: int
+    ) -> np.ndarray:
+        """Place the fitted rows and the estimated saturated rows in one (n_pixels, P) array."""
+        if prepared.fit_rows is None:
+            return result.A.copy()
+        A = np.empty((n_pixels, S.shape[0]), dtype=result.A.dtype)
+        A[prepared.fit_rows] = result.A
+        estimate = _masked_abundance(prepared.masked_data, prepared.masked_weights, S, loss, int(self.max_iter), float(self.tol))
+        for p, cut in enumerate(result.cuts):
+            if cut is not None and cut.threshold > 0:
+                column = estimate[:, p]
+                result.n_zeroed[p] += int(np.count_nonzero(column[column < cut.threshold]))
+                column[column < cut.threshold] = 0
+        A[prepared.masked_rows] = estimate
+        return A
+
+    def _warn_if_not_converged(self, result: _LoopResult) -> None:
+        if result.converged or self.tol == 0:
+            return
+        message = (
+            f"SparseNMF reached max_iter={self.max_iter} before the relative loss change fell below "
+            f"tol={self.tol}; raise max_iter or tol"
+        )
+        log.warning(message)
+        warnings.warn(message, ConvergenceWarning, stacklevel=3)
+
+
+_DEFAULTS = SparseNMF().get_params()
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str)
+
+
+def _constant_abundance(M: np.ndarray, S: np.ndarray, settings: _LoopSettings) -> np.ndarray:
+    """Start A at the constant c that best fits M ≈ c 1 (Σ_p S_p)ᵀ, and give the loop its first AᵀM, AᵀA."""
+    spectrum_sum = S.sum(axis=0, dtype=np.float64)
+    column_sums = settings.column_sums
+    n_pixels, n_components = M.shape[0], S.shape[0]
+    c = float(column_sums @ spectrum_sum) / (n_pixels * float(spectrum_sum @ spectrum_sum))
+    if not c > 0:
+        raise ValueError("the initial spectra do not overlap the data; no positive constant start exists")
+    settings.initial_statistics = (
+        np.tile(c * column_sums, (n_components, 1)),
+        np.full((n_components, n_components), c * c * n_pixels),
+    )
+    return np.full((n_pixels, n_components), c, dtype=M.dtype)
+
+
+def _check_abundance_init(abundance_init: Any, n_pixels: int, n_components: int, dtype: np.dtype) -> np.ndarray:
+    A = np.array(abundance_init, dtype=dtype)
+    if A.shape != (n_pixels, n_components):
+        raise ValueError(f"abundance_init has shape {A.shape}; expected (n_pixels, n_components) = ({n_pixels}, {n_components})")
+    if not np.all(np.isfinite(A)) or np.any(A < 0):
+        raise ValueError("abundance_init must be finite and non-negative")
+    return A
+
+
+def _masked_abundance(
+    M: np.ndarray, weights: np.ndarray | None, S: np.ndarray, loss: Loss, max_iter: int, tol: float
+) -> np.ndarray:
+    """Estimate the weights of left-out pixels with S fixed, from their entries of weight 1 only.
+
+    Pixels with fewer usable entries than components are estimated from all of their entries.
+    """
+    n_pixels, n_components = M.shape[0], S.shape[0]
+    if weights is None:
+        weights = np.ones_like(M)
+    too_few = np.count_nonzero(weights, axis=1) < n_components
+    if too_few.any():
+        shown = np.flatnonzero(too_few)[:_SHOWN_PIXELS].tolist()
+        log.warning(
+            "%d saturated pixels have fewer unsaturated wavelengths than components (rows %s...); "
+            "their weights use the saturated values and are lower bounds",
+            int(too_few.sum()), shown,
+        )  # fmt: skip
+        weights[too_few] = 1
+    weighted = weights * M
+    spectrum_sum = S.sum(axis=0)
+    A = np.maximum((weighted @ spectrum_sum) / np.maximum((weights * spectrum_sum) @ spectrum_sum, EPSILON), EPSILON)
+    A = np.repeat(A[:, None], n_components, axis=1).astype(M.dtype)
+    for _ in range(max_iter):
+        product = np.maximum(A @ S, EPSILON)
+        if loss is Loss.FROBENIUS:
+            numerator, denominator = weighted @ S.T, (weights * product) @ S.T
+        else:
+            numerator, denominator = (weighted / product) @ S.T, weights @ S.T
+        denominator[denominator == 0] = EPSILON
+        updated = A * numerator / denominator
+        change = float(np.max(np.abs(updated - A))) / max(float(np.max(A)), EPSILON)
+        A = updated
+        if change < tol:
+            break
+    return A

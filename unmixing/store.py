@@ -1,0 +1,291 @@
+"""Unmix a finished scan store and write the result into its ``unmixing/`` group.
+
+Written arrays (float32 unless noted), each with ``dimension_names``:
+
+    unmixing/abundance     (y, x, component)      weights A, NaN on lines that were never acquired
+    unmixing/spectra       (component, wavelength) fitted spectra S, free ones scaled to a peak of 1
+    unmixing/spectra_init  (component, wavelength) initial spectra
+    unmixing/residual      (y, x)                  ‖m − a S‖ per pixel, in counts
+    unmixing/loss          (iteration,)            float64, the loss every ``loss_every`` iterations
+
+Group attributes: ``components``, ``sparsity_target``, ``sparsity_achieved``, ``n_iter``,
+``converged`` and the parameters used (see :func:`unmix_store`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+import fluoscan
+from fluoscan.acquisition.config import ComponentConfig, ConfigError, UnmixingConfig, format_validation_error
+from fluoscan.acquisition.store import ScanStatus, ScanStore, StoreError, utc_now
+from fluoscan.unmixing.init import initial_spectra, mean_spectrum
+from fluoscan.unmixing.library import LIBRARY_NAMES
+from fluoscan.unmixing.metrics import residual_map
+from fluoscan.unmixing.nmf import SparseNMF
+
+log = logging.getLogger(__name__)
+
+GROUP = "unmixing"
+# Lines read at a time when the saturation mask is built from the raw counts.
+_MASK_BLOCK_LINES = 64
+
+
+def unmix_store(
+    path: str | Path,
+    *,
+    components: Sequence[ComponentConfig] | Sequence[str] | None = None,
+    sparsity: float | str | Sequence[float | str | None] | None = None,
+    max_iter: int | None = None,
+    tol: float | None = None,
+    loss: str | None = None,
+    overwrite: bool = True,
+    force: bool = False,
+    saturation_counts: int | None = None,
+) -> Path:
+    """Unmix the cube of a scan store with sparse NMF and write ``unmixing/`` into the store.
+
+    Parameters
+    ----------
+    path : path
+        The scan store (a Zarr v3 folder).
+    components : sequence of ComponentConfig or of names, optional
+        The sources to unmix. Default: the ``unmixing`` section of the store's ``config`` attribute
+        (or fluoscan's default three components when the store has none). A bare name takes its
+        settings from the store's configuration when listed there, else its library spectrum when
+        it is a library name (``af750``, ``icg_lnp``, ``autofluorescence``), else a pixel spectrum
+        picked from the data (``"auto"``).
+    sparsity : float, "auto", None or sequence of these, optional
+        Sparsity targets that replace the components' own: one per component, or one for all.
+    max_iter, tol, loss : optional
+        Replace the configuration's values.
+    overwrite : bool, default=True
+        Replace an existing ``unmixing/`` group; False raises instead.
+    force : bool, default=False
+        Unmix a store whose status is not "complete"; only acquired lines enter the fit.
+    saturation_counts : int, optional
+        Raw count at which the camera saturates. Default: the largest value of an integer ``raw``
+        dtype (65535 for uint16); no saturation for float data.
+
+    Returns
+    -------
+    Path
+        The store's path.
+
+    Raises
+    ------
+    StoreError
+        If the store is missing, not complete (without ``force``), or already unmixed (without ``overwrite``).
+    ConfigError
+        If the store's unmixing configuration is invalid.
+    ValueError
+        If the data or the settings cannot be fitted; the message says why.
+    """
+    path = Path(path)
+    store = ScanStore.open(path, "r+")
+    status = store.status
+    if status is not ScanStatus.COMPLETE and not force:
+        raise StoreError(
+            f"store {path} has status {status.value!r}, not 'complete'; finish it with --resume, "
+            "or pass force=True to unmix the lines acquired so far"
+        )
+    if GROUP in store.group and not overwrite:
+        raise StoreError(f"store {path} already has an {GROUP}/ group; pass overwrite=True to replace it")
+
+    settings = _unmixing_settings(store, components, sparsity, max_iter, tol, loss)
+    chosen = list(settings.components)
+    names = [component.name for component in chosen]
+    n_lines, n_points, n_wavelengths = store.shape
+    done = store.line_done()
+    if not done.any():
+        raise StoreError(f"store {path} has no acquired line to unmix")
+    log.info("unmixing %s: %d of %d lines, components %s", path, int(done.sum()), n_lines, names)
+
+    cube = store.read_cube(subtract_dark=True, dtype=np.float32)
+    cube = cube if done.all() else cube[done]
+    M = cube.reshape(-1, n_wavelengths)
+    saturated = _saturated_entries(store, done, saturation_counts)
+    if saturated is not None:
+        saturated = saturated.reshape(-1, n_wavelengths)
+        if not saturated.any():
+            saturated = None
+
+    reference_mean = _reference_mean(store) if any(c.spectrum == "reference" for c in chosen) else None
+    spectra_init = initial_spectra(
+        [component.spectrum for component in chosen],
+        M,
+        store.wavelengths_nm(),
+        reference_mean=reference_mean,
+        base_dir=path.parent,
+    )
+    model = SparseNMF(
+        len(chosen),
+        sparsity=[component.sparsity for component in chosen],
+        components=names,
+        loss=settings.loss,
+        max_iter=settings.max_iter,
+        tol=settings.tol,
+        fixed_spectra=[component.fixed for component in chosen],
+        random_state=settings.random_state,
+    )
+    A = model.fit_transform(M, spectra_init, saturation=saturated)
+
+    abundance = np.full((n_lines, n_points, len(chosen)), np.nan, dtype=np.float32)
+    abundance[done] = A.reshape(-1, n_points, len(chosen))
+    residual = np.full((n_lines, n_points), np.nan, dtype=np.float32)
+    residual[done] = residual_map(M, A, model.components_).reshape(-1, n_points)
+    _write_result(store, model, chosen, settings, abundance, residual)
+    log.info(
+        "wrote %s/%s: %d iterations, %s, sparsity reached %s",
+        path, GROUP, model.n_iter_, "converged" if model.converged_ else "not converged",
+        _json_floats(model.sparsity_),
+    )  # fmt: skip
+    return path
+
+
+def _unmixing_settings(
+    store: ScanStore,
+    components: Sequence[ComponentConfig] | Sequence[str] | None,
+    sparsity: Any,
+    max_iter: int | None,
+    tol: float | None,
+    loss: str | None,
+) -> UnmixingConfig:
+    """Merge the store's unmixing configuration with the caller's overrides, and validate the result."""
+    stored = (store.attrs.get("config") or {}).get("unmixing") or {}
+    try:
+        base = UnmixingConfig.model_validate(stored)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"{store.path} (config attribute)")) from None
+
+    chosen = list(base.components)
+    if components is not None:
+        by_name = {component.name: component for component in base.components}
+        chosen = [item if isinstance(item, ComponentConfig) else _component_for_name(str(item), by_name) for item in components]
+    if sparsity is not None:
+        targets = list(sparsity) if isinstance(sparsity, Sequence) and not isinstance(sparsity, str) else [sparsity] * len(chosen)
+        if len(targets) != len(chosen):
+            raise ValueError(f"got {len(targets)} sparsity targets for {len(chosen)} components {[c.name for c in chosen]}")
+        chosen = [component.model_copy(update={"sparsity": target}) for component, target in zip(chosen, targets)]
+
+    merged = {**base.model_dump(), "components": [component.model_dump() for component in chosen]}
+    for key, value in (("max_iter", max_iter), ("tol", tol), ("loss", loss)):
+        if value is not None:
+            merged[key] = value
+    try:
+        # Validate again, so that overrides meet the same checks as a configuration file.
+        return UnmixingConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "unmix_store arguments")) from None
+
+
+def _component_for_name(name: str, configured: dict[str, ComponentConfig]) -> ComponentConfig:
+    if name in configured:
+        return configured[name]
+    spectrum = f"library:{name}" if name in LIBRARY_NAMES else "auto"
+    return ComponentConfig(name=name, spectrum=spectrum)
+
+
+def _saturated_entries(store: ScanStore, done: np.ndarray, saturation_counts: int | None) -> np.ndarray | None:
+    """Return a boolean (lines done, x, wavelength) mask of saturated raw counts, or None if none can saturate."""
+    raw = store.raw
+    if saturation_counts is None:
+        if not np.issubdtype(raw.dtype, np.integer):
+            return None
+        saturation_counts = int(np.iinfo(raw.dtype).max)
+    mask = np.zeros(raw.shape, dtype=bool)
+    for start in range(0, raw.shape[0], _MASK_BLOCK_LINES):
+        lines = slice(start, start + _MASK_BLOCK_LINES)
+        mask[lines] = np.asarray(raw[lines]) >= saturation_counts
+    return mask[done]
+
+
+def _reference_mean(store: ScanStore) -> np.ndarray:
+    """Return the mean spectrum, minus dark, of the store's reference acquisition (the animal without markers).
+
+    The reference is a ``reference`` group inside the store with its own ``raw`` (…, wavelength) and
+    optional ``dark``, or another scan store named by the ``reference_store`` attribute (a path
+    relative to this store's folder).
+    """
+    if "reference" in store.group:
+        node = store.group["reference"]
+        raw_node = node["raw"] if hasattr(node, "keys") and "raw" in node else node
+        data = np.asarray(raw_node[:], dtype=np.float64)
+        if hasattr(node, "keys") and "dark" in node:
+            data = data - np.asarray(node["dark"][:], dtype=np.float64)
+        source = f"{store.path}/reference"
+    elif store.attrs.get("reference_store"):
+        reference_path = store.path.parent / store.attrs["reference_store"]
+        data = ScanStore.open(reference_path).read_cube(subtract_dark=True, dtype=np.float64)
+        source = str(reference_path)
+    else:
+        raise ValueError(
+            f'a component asks for the "reference" spectrum, but store {store.path} has no reference '
+            "acquisition (a reference/ group or a reference_store attribute); choose another spectrum"
+        )
+    if data.shape[-1] != store.shape[2]:
+        raise ValueError(f"reference acquisition {source} has {data.shape[-1]} wavelengths, the scan has {store.shape[2]}")
+    log.info("reference spectrum: mean of %s", source)
+    return mean_spectrum(np.clip(data.reshape(-1, data.shape[-1]), 0, None))
+
+
+def _json_floats(values: np.ndarray) -> list[float | None]:
+    """Return floats for JSON attributes, with None for NaN (JSON has no NaN)."""
+    return [None if not np.isfinite(value) else float(value) for value in np.asarray(values, dtype=np.float64)]
+
+
+def _write_result(
+    store: ScanStore,
+    model: SparseNMF,
+    chosen: list[ComponentConfig],
+    settings: UnmixingConfig,
+    abundance: np.ndarray,
+    residual: np.ndarray,
+) -> None:
+    group = store.group.create_group(GROUP, overwrite=True)
+    arrays = {
+        "abundance": (abundance, ["y", "x", "component"], {"long_name": "component weights A"}),
+        "spectra": (model.components_.astype(np.float32), ["component", "wavelength"], {"long_name": "fitted spectra S"}),
+        "spectra_init": (model.spectra_init_.astype(np.float32), ["component", "wavelength"], {"long_name": "initial spectra"}),
+        "residual": (residual, ["y", "x"], {"units": "counts", "long_name": "residual norm per pixel, ||m - a S||"}),
+        "loss": (
+            model.loss_history_.astype(np.float64),
+            ["iteration"],
+            {"long_name": f"{settings.loss} loss", "every_iterations": int(model.loss_every_)},
+        ),
+    }
+    for name, (values, dims, attrs) in arrays.items():
+        array = group.create_array(
+            name, shape=values.shape, dtype=values.dtype, chunks=values.shape, dimension_names=dims, fill_value=np.nan
+        )
+        array[...] = values
+        array.attrs.update(attrs)
+
+    group.attrs.update(
+        {
+            "components": [component.name for component in chosen],
+            "sparsity_target": [component.sparsity for component in chosen],
+            "sparsity_achieved": _json_floats(model.sparsity_),
+            "n_iter": int(model.n_iter_),
+            "converged": bool(model.converged_),
+            "loss": settings.loss,
+            "max_iter": settings.max_iter,
+            "tol": settings.tol,
+            "random_state": settings.random_state,
+            "spectrum_init": [component.spectrum for component in chosen],
+            "fixed": [component.fixed for component in chosen],
+            "reconstruction_err": float(model.reconstruction_err_),
+            "n_zeroed": [int(count) for count in model.n_zeroed_],
+            "beta": [None if cut is None or not np.isfinite(cut.beta) else float(cut.beta) for cut in model.thresholds_],
+            "n_clipped": int(model.n_clipped_),
+            "n_saturated_pixels": int(model.saturated_pixels_.sum()),
+            "fluoscan_version": fluoscan.__version__,
+            "created": utc_now(),
+        }
+    )
