@@ -88,24 +88,29 @@ def unmix_store(
         If the data or the settings cannot be fitted; the message says why.
     """
     path = Path(path)
-    store = ScanStore.open(path, "r+")
-    status = store.status
-    if status is not ScanStatus.COMPLETE and not force:
-        raise StoreError(
-            f"store {path} has status {status.value!r}, not 'complete'; finish it with --resume, "
-            "or pass force=True to unmix the lines acquired so far"
-        )
-    if GROUP in store.group and not overwrite:
-        raise StoreError(f"store {path} already has an {GROUP}/ group; pass overwrite=True to replace it")
+    # Leaving the block consolidates the store's metadata again, so that readers see unmixing/.
+    with ScanStore.open(path, "r+") as store:
+        status = store.status
+        if status is not ScanStatus.COMPLETE and not force:
+            raise StoreError(
+                f"store {path} has status {status.value!r}, not 'complete'; finish it with --resume, "
+                "or pass force=True to unmix the lines acquired so far"
+            )
+        if GROUP in store.group and not overwrite:
+            raise StoreError(f"store {path} already has an {GROUP}/ group; pass overwrite=True to replace it")
+        settings = _unmixing_settings(store, components, sparsity, max_iter, tol, loss)
+        _unmix(store, settings, saturation_counts)
+    return path
 
-    settings = _unmixing_settings(store, components, sparsity, max_iter, tol, loss)
+
+def _unmix(store: ScanStore, settings: UnmixingConfig, saturation_counts: int | None) -> None:
     chosen = list(settings.components)
     names = [component.name for component in chosen]
     n_lines, n_points, n_wavelengths = store.shape
     done = store.line_done()
     if not done.any():
-        raise StoreError(f"store {path} has no acquired line to unmix")
-    log.info("unmixing %s: %d of %d lines, components %s", path, int(done.sum()), n_lines, names)
+        raise StoreError(f"store {store.path} has no acquired line to unmix")
+    log.info("unmixing %s: %d of %d lines, components %s", store.path, int(done.sum()), n_lines, names)
 
     cube = store.read_cube(subtract_dark=True, dtype=np.float32)
     cube = cube if done.all() else cube[done]
@@ -122,7 +127,7 @@ def unmix_store(
         M,
         store.wavelengths_nm(),
         reference_mean=reference_mean,
-        base_dir=path.parent,
+        base_dir=store.path.parent,
     )
     model = SparseNMF(
         len(chosen),
@@ -141,12 +146,12 @@ def unmix_store(
     residual = np.full((n_lines, n_points), np.nan, dtype=np.float32)
     residual[done] = residual_map(M, A, model.components_).reshape(-1, n_points)
     _write_result(store, model, chosen, settings, abundance, residual)
+    store.write_group_coordinates(GROUP, names)
     log.info(
         "wrote %s/%s: %d iterations, %s, sparsity reached %s",
-        path, GROUP, model.n_iter_, "converged" if model.converged_ else "not converged",
+        store.path, GROUP, model.n_iter_, "converged" if model.converged_ else "not converged",
         _json_floats(model.sparsity_),
     )  # fmt: skip
-    return path
 
 
 def _unmixing_settings(
