@@ -13,8 +13,8 @@ Errors, all :class:`~fluoscan.drivers.DeviceError`:
 - no reply within ``timeout_s``, or a move or homing still BUSY after ``move_timeout_s``, raises
   DeviceTimeout. A timed-out move is stopped first;
 - a garbled reply raises DeviceProtocolError, except that read-only queries are sent once more;
-- a vanished port is reopened once, within ``timeout_s``, and the request sent again; otherwise
-  DeviceDisconnected.
+- a vanished port is reopened once, within ``timeout_s``. The request is sent again if the device
+  there reports the serial number read at open; otherwise DeviceDisconnected.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from fluoscan.drivers.errors import DeviceError, DeviceProtocolError, DeviceTime
 from fluoscan.drivers.zaber_ascii import (
     NO_WARNING,
     UNHOMED_FLAGS,
+    ReconnectCheck,
     Reply,
     ReplyFormatError,
     ZaberConnection,
@@ -152,7 +153,7 @@ class ZaberStage:
         except CommandRejected as exc:
             if exc.reason != "BADCOMMAND":
                 raise
-            # Some products lack the setting; the WR/WH flag of a status poll still tells.
+            # Some products lack the setting; the WR/WH flag of a status poll still shows whether the axis is homed.
             reply = self._request("", read_only=True)
             return reply.warning_flag not in UNHOMED_FLAGS
         return reply.data.split()[0] == "1" and reply.warning_flag not in UNHOMED_FLAGS
@@ -241,6 +242,10 @@ class ZaberStage:
         return self._connection.port
 
     @property
+    def baud_rate(self) -> int:
+        return self._connection.baud_rate
+
+    @property
     def timeout_s(self) -> float:
         return self._connection.timeout_s
 
@@ -285,6 +290,10 @@ class ZaberStage:
             f"(address {self.device_address}, axis {self.axis})"
         )
         log.info("%s: connected to %s on %s", self.name, self._identity, self.port)
+        for setting, value in (("system.serial", serial_number), ("deviceid", device_id)):
+            if value != "unknown":
+                self._connection.reconnect_check = ReconnectCheck(self.device_address, f"get {setting}", value)
+                break
 
         low = self._parse_integer(self._request("get limit.min", read_only=True), "get limit.min")
         high = self._parse_integer(self._request("get limit.max", read_only=True), "get limit.max")
@@ -366,9 +375,10 @@ class ZaberStage:
                 stopped = "; sent stop"
             except DeviceError as exc:
                 stopped = f"; stop failed too: {exc}"
+        advice = "raise stage.move_timeout_s for long moves" if stop_on_timeout else "check the stage"
         raise DeviceTimeout(
             f"{self.name}: {command!r} was still BUSY after {timeout_s:g} s{stopped}; check that nothing blocks "
-            "the stage, or raise stage.move_timeout_s for long moves"
+            f"the stage, or {advice}"
         )
 
     # -- requests ------------------------------------------------------------------------------

@@ -228,6 +228,15 @@ def describe_reason(reason: str) -> str:
     return f"{reason} ({REJECTION_REASONS.get(reason, 'unknown reason')})"
 
 
+@dataclass(frozen=True)
+class ReconnectCheck:
+    """A query whose reply data must not change across a reconnect, e.g. ``get system.serial``."""
+
+    device: int
+    command: str
+    expected_data: str
+
+
 class _TransportLost(Exception):
     """The serial port failed under a read or write (cable pulled, pty hung up, socket closed)."""
 
@@ -248,8 +257,10 @@ class ZaberConnection:
     - no reply within ``timeout_s``: DeviceTimeout;
     - a garbled line or a wrong checksum: the input is drained until quiet, then DeviceProtocolError,
       except that a request marked ``read_only`` is sent once more first;
-    - a failing port: it is reopened once, trying until ``timeout_s`` has passed, and the request sent
-      again; DeviceDisconnected if that fails.
+    - a failing port: it is reopened once, trying until ``timeout_s`` has passed. If
+      :attr:`reconnect_check` is set, its query must then return the same data, so that a port that
+      now leads to another device is not used. The request is sent again; DeviceDisconnected if any
+      of this fails. A reconnect takes at most twice ``timeout_s``.
 
     Parameters
     ----------
@@ -284,6 +295,7 @@ class ZaberConnection:
         self.message_ids = message_ids
         self.name = name
         self.alert_count = 0
+        self.reconnect_check: ReconnectCheck | None = None
         self._lock = threading.RLock()
         self._ids = itertools.cycle(range(100))
         self._buffer = bytearray()
@@ -303,7 +315,8 @@ class ZaberConnection:
             else:
                 advice = (
                     "check that the device is powered and plugged in, that the port exists "
-                    "(ls /dev/ttyUSB* /dev/serial/by-id on Linux) and that no other program holds it"
+                    "(ls /dev/ttyUSB* /dev/serial/by-id on Linux), that no other program has it open, "
+                    "and that your user may open it (on Linux: a member of the dialout group)"
                 )
             raise DeviceUnavailable(f"{self.name}: cannot open serial port {self.port!r}: {exc}; {advice}") from exc
         log.info("%s: opened %s at %d baud", self.name, self.port, self.baud_rate)
@@ -471,9 +484,30 @@ class ZaberConnection:
                 last_error = exc
                 time.sleep(0.05)
                 continue
+            self._check_same_device(label)
             log.warning("%s: reconnected to %s; sending %r again", self.name, self.port, label)
             return
         raise DeviceDisconnected(
             f"{self.name}: lost the connection to {self.port} during {label!r} and could not reopen it within "
             f"{self.timeout_s:g} s ({last_error}); check the cable and the device's power, then open it again"
         ) from cause
+
+    def _check_same_device(self, label: str) -> None:
+        """Raise DeviceDisconnected unless the reopened port returns the same data for :attr:`reconnect_check`."""
+        check = self.reconnect_check
+        if check is None:
+            return
+        try:
+            reply = self._exchange(check.device, 0, check.command)
+        except (_TransportLost, _GarbledReply) as exc:
+            found = f"failed: {exc}"
+        else:
+            if reply is not None and reply.accepted and reply.data == check.expected_data:
+                return
+            found = "got no reply" if reply is None else f"got {reply.data!r}"
+        self.close()
+        raise DeviceDisconnected(
+            f"{self.name}: reopened {self.port} after losing it during {label!r}, but {check.command!r} "
+            f"{found} instead of {check.expected_data!r}; the port may now lead to another device. "
+            "Check the cabling, then open the device again"
+        )

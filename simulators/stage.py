@@ -17,7 +17,8 @@ query, and ``""`` every request including status polls. What each kind does here
 - LATE: the reply comes ``delay_s`` later;
 - GARBLE: the reply comes with every third byte replaced by 0xFF;
 - DISCONNECT: the simulator hangs up (closes the pty). With ``link_path`` it then opens a new pty and
-  points the link at it, as a USB adapter that re-enumerates keeps its ``/dev/serial/by-id`` link;
+  points the link at it, as a USB adapter that re-enumerates keeps its ``/dev/serial/by-id`` link,
+  unless ``reopen_after_hang_up`` is False: then it removes the link and stops serving;
 - REJECT: the command gets ``RJ`` with BADDATA when it carries a value, else BADCOMMAND;
 - STALL: the command is carried out, then the axis stays BUSY until ``stop`` or ``estop``.
 """
@@ -60,7 +61,12 @@ class StageSimulator:
     faults
         Faults to inject, as a plan or a list of :class:`Fault`.
     link_path
-        A symbolic link kept pointing at the current pty; :attr:`port` is then this path.
+        A symbolic link kept pointing at the current pty; :attr:`port` is then this path. Tests that
+        hang up should use one: the kernel may give a closed pty's number to the next pty that any
+        process opens, so a client reopening the bare path could reach another program's pty.
+    reopen_after_hang_up
+        After a DISCONNECT fault, serve again on a new pty behind ``link_path``. Without
+        ``link_path`` the simulator never serves again.
     """
 
     def __init__(
@@ -69,11 +75,14 @@ class StageSimulator:
         *,
         faults: FaultPlan | Iterable[Fault] | None = None,
         link_path: str | Path | None = None,
+        reopen_after_hang_up: bool = True,
     ) -> None:
         self.device = device if device is not None else SimulatedZaberDevice()
         self.faults = faults if isinstance(faults, FaultPlan) else FaultPlan(list(faults or []))
         self.link_path = Path(link_path) if link_path is not None else None
+        self.reopen_after_hang_up = reopen_after_hang_up
         self.disconnects = 0
+        self._hang_up_done = threading.Condition()
         self._requests: list[str] = []
         self._master: int | None = None
         self._slave: int | None = None
@@ -112,6 +121,20 @@ class StageSimulator:
         self._thread.start()
         log.info("stage simulator serving device %d on %s", self.device.address, self.port)
         return self
+
+    def wait_for_hang_ups(self, count: int, timeout_s: float) -> bool:
+        """Wait until ``count`` hang-ups are complete, including any reopening; return False on timeout."""
+        with self._hang_up_done:
+            return self._hang_up_done.wait_for(lambda: self.disconnects >= count, timeout_s)
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait until the serving thread ends (after :meth:`close`, or a hang-up it does not come back from).
+
+        Returns True if the thread has ended, False if ``timeout_s`` passed first.
+        """
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        return not self.is_serving
 
     def close(self) -> None:
         """Stop the thread, close the pty and remove the link."""
@@ -169,15 +192,19 @@ class StageSimulator:
         self._pty_path = ""
 
     def _hang_up(self) -> None:
-        """Close the pty as a pulled cable would; reopen a new one behind ``link_path`` if there is one."""
-        self.disconnects += 1
+        """Close the pty as a pulled cable would; reopen a new one behind ``link_path`` if configured to."""
         old_path = self._pty_path
         self._close_pty()
-        if self.link_path is None:
-            log.info("stage simulator hung up %s", old_path)
-            return
-        self._open_pty()
-        log.info("stage simulator hung up %s and serves again on %s (link %s)", old_path, self._pty_path, self.link_path)
+        if self.link_path is not None and self.reopen_after_hang_up:
+            self._open_pty()
+            log.info("stage simulator hung up %s and serves again on %s (link %s)", old_path, self._pty_path, self.link_path)
+        else:
+            if self.link_path is not None:
+                self.link_path.unlink(missing_ok=True)
+            log.info("stage simulator hung up %s and stops serving", old_path)
+        with self._hang_up_done:
+            self.disconnects += 1
+            self._hang_up_done.notify_all()
 
     # -- serving -------------------------------------------------------------------------------------
 
@@ -249,7 +276,7 @@ class StageSimulator:
             try:
                 written = os.write(self._master, view)
             except BlockingIOError:
-                log.warning("stage simulator: nobody reads %s; dropped the reply to %r", self.port, request.text)
+                log.warning("stage simulator: the pty buffer of %s is full (no client reads it); dropped the reply to %r", self.port, request.text)
                 return
             except OSError as exc:
                 if exc.errno != errno.EIO:
@@ -289,7 +316,7 @@ def serve_stage(
 def open_simulated_stage(context: DeviceContext) -> ZaberStage:
     """Serve a simulated stage and open the Zaber driver on it (entry point ``simulated`` of ``fluoscan.stages``).
 
-    ``context.options`` may hold ``"stage_faults"`` (a FaultPlan or a list of Faults) and
+    ``context.options`` may contain ``"stage_faults"`` (a FaultPlan or a list of Faults) and
     ``"stage_simulator"`` (a dict of :class:`SimulatedZaberDevice` settings, e.g. ``{"homed": True}``).
     The simulator closes with ``context.stack``.
     """

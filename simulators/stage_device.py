@@ -1,15 +1,19 @@
 """A simulated Zaber device with one motorised axis: what it replies to each Zaber ASCII command.
 
-This module holds the device's state and its replies, with no I/O; :mod:`fluoscan.simulators.stage`
+This module contains the device's state and its replies, with no I/O; :mod:`fluoscan.simulators.stage`
 serves it on a pseudo-terminal. Positions are in microsteps, as on the wire. Moves follow a
 trapezoidal velocity profile (accelerate, cruise, decelerate) whose duration is scaled by
 ``time_scale`` (0: every move ends at once; 1: real time). The device starts without a reference
 position (flag WR) until it is homed.
 
-It follows the replies of Zaber firmware where they are known: ``RJ IDLE -- BADCOMMAND`` for an
-unknown command or setting, ``BADDATA`` for a value that is not a number or lies outside
-``limit.min``..``limit.max``, ``BADAXIS`` for an axis the device lacks, ``DEVICEONLY`` for a device
-setting addressed to an axis. The reply to ``warnings`` is the number of flags (two digits) and the flags.
+Rejections follow the documented meaning of each Zaber reason:
+
+- ``RJ IDLE -- BADCOMMAND`` for an unknown command or setting;
+- ``BADDATA`` for a value that is not a number, or a target outside ``limit.min``..``limit.max``;
+- ``BADAXIS`` for an axis the device lacks;
+- ``DEVICEONLY`` for a device setting addressed to an axis.
+
+The reply to ``warnings`` is the number of flags (two digits) followed by the flags.
 """
 
 from __future__ import annotations
@@ -244,9 +248,9 @@ class SimulatedZaberDevice:
     def stall(self) -> None:
         """Freeze the axis where it is, BUSY, until ``stop`` or ``estop``: a move that never ends."""
         with self._lock:
-            here = self._current_position()
-            self._position = here
-            self._motion = _Motion([_Segment(0.0, 0.0, here, 0.0, 0.0)], self.clock(), self.time_scale)
+            position = self._current_position()
+            self._position = position
+            self._motion = _Motion([_Segment(0.0, 0.0, position, 0.0, 0.0)], self.clock(), self.time_scale)
             self._motion.stalled = True
 
     def _settle(self) -> None:

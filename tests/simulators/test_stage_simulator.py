@@ -278,12 +278,24 @@ def test_stall_fault_stays_busy_until_stop(client: serial.Serial) -> None:
 
 @pytest.mark.parametrize("simulator", [{"faults": [Fault(FaultKind.DISCONNECT, command="home")]}], indirect=True)
 def test_disconnect_fault_hangs_up(client: serial.Serial, simulator: StageSimulator) -> None:
-    path = simulator.pty_path
     client.write(b"/1 1 home\r\n")
     with pytest.raises(serial.SerialException):
         client.read_until(b"\r\n")
-    assert not os.path.exists(path)
-    assert simulator.disconnects == 1
+    assert simulator.wait_for_hang_ups(1, timeout_s=1.0)
+    assert simulator.pty_path == ""
+
+
+def test_disconnect_without_reopen_removes_link(tmp_path) -> None:
+    link = tmp_path / "ttyZaber"
+    faults = [Fault(FaultKind.DISCONNECT, command="home")]
+    with StageSimulator(faults=faults, link_path=link, reopen_after_hang_up=False) as sim:
+        with serial.Serial(sim.port, 115200, timeout=READ_TIMEOUT_S) as client:
+            client.write(b"/1 1 home\r\n")
+            with pytest.raises(serial.SerialException):
+                client.read_until(b"\r\n")
+        assert sim.wait_for_hang_ups(1, timeout_s=1.0)
+        assert not link.exists()
+        assert sim.join(timeout_s=1.0)
 
 
 def test_disconnect_with_link_serves_again(tmp_path) -> None:
@@ -295,11 +307,12 @@ def test_disconnect_with_link_serves_again(tmp_path) -> None:
             client.write(b"/1 1 home\r\n")
             with pytest.raises(serial.SerialException):
                 client.read_until(b"\r\n")
+        assert sim.wait_for_hang_ups(1, timeout_s=1.0)
         assert os.readlink(link) == sim.pty_path
         with serial.Serial(sim.port, 115200, timeout=READ_TIMEOUT_S) as client:
             assert exchange(client, "/1 1 home") == "@01 1 OK IDLE -- 0"
         assert sim.disconnects == 1
-        assert first_pty != "" and sim.pty_path != ""
+        assert first_pty != ""
     assert not link.exists()
 
 
@@ -311,9 +324,8 @@ def test_requests_record_command_text(client: serial.Serial, simulator: StageSim
 
 def test_close_stops_thread_and_is_idempotent() -> None:
     sim = StageSimulator().start()
-    path = sim.pty_path
     assert sim.is_serving
     sim.close()
     sim.close()
     assert not sim.is_serving
-    assert not os.path.exists(path)
+    assert sim.pty_path == ""
