@@ -10,8 +10,9 @@ raising ``AndorSDK2LibError(function, code)`` or ``ShamrockLibError(function, co
 
 The camera is modelled on an Andor iDus 420 (DU420A-BEX2-DD): 1024 x 255 pixels of 26 um, 16-bit,
 thermoelectric cooling. The spectrograph is a 193 mm Czerny-Turner with a three-grating turret.
-Pixel content comes from a *scene* callback (expected photoelectrons per detector pixel); the camera
-adds dark current, shot noise, read noise, gain, offset, on-chip binning and 16-bit saturation.
+Pixel content comes from a *scene* callback, which returns the expected photoelectrons per detector
+pixel. The camera adds dark current, shot noise, read noise, gain, offset, on-chip binning and
+16-bit saturation.
 
 Simulated time: every duration (exposure, readout, cooling) takes ``duration * time_scale`` real
 seconds, and ``time_scale = 0`` makes each of them instant.
@@ -115,8 +116,8 @@ class TemperatureStatus(IntEnum):
 class DetectorModel:
     """The simulated camera head.
 
-    NOTE: the numbers are from memory of Andor's iDus 420 data sheet (1024 x 255 pixels of 26 um,
-    cooling to about -80 C with air); the head-model string and serial number are illustrative.
+    NOTE: the numbers are from memory of Andor's iDus 420 data sheet: 1024 x 255 pixels of 26 um,
+    cooling to about -80 C with air. The head-model string and serial number are illustrative.
     """
 
     head_model: str = "DU420A-BEX2-DD"
@@ -182,7 +183,7 @@ class SpectrographModel:
     """A Czerny-Turner spectrograph: focal length, deviation angle and the gratings on its turret.
 
     NOTE: the deviation angle is chosen so that 600 l/mm at 800 nm spreads about 700-900 nm over a
-    26.6 mm wide detector; it is not a published Andor value.
+    26.6 mm wide detector. It is not a published Andor value.
     """
 
     serial_number: str = "KY-1931"
@@ -200,7 +201,7 @@ class SpectrographModel:
         """Wavelength at each detector column from the grating equation ``m λ = d (sin α + sin β)``.
 
         The grating turns by θ, with incidence α = θ - D/2 and diffraction β = θ + D/2 for the
-        deviation D; a column x mm from the detector centre sees β + atan(x / f).
+        deviation D. A column x mm from the detector centre receives the light diffracted at β + atan(x / f).
         """
         d_nm = 1e6 / self.gratings[grating - 1].lines_per_mm
         half = math.radians(self.deviation_deg / 2)
@@ -212,7 +213,7 @@ class SpectrographModel:
 
 @dataclass(frozen=True)
 class Exposure:
-    """What the camera is about to record; the scene callback's argument."""
+    """The exposure the camera is about to record: the scene callback's argument."""
 
     frame_number: int
     exposure_s: float
@@ -437,7 +438,7 @@ class SimulatedShamrock(_StandIn):
         low, high = self.model.wavelength_limits_nm(self.grating)
         if not low <= wavelength_nm <= high:
             raise ShamrockLibError("ShamrockSetWavelength", SHAMROCK_ERR.SHAMROCK_P2INVALID)
-        # The drive moves in steps; 0.01 nm stands in for its resolution.
+        # The drive moves in steps, modelled as a resolution of 0.01 nm.
         self.wavelength_nm = round(float(wavelength_nm), 2)
 
     @_library_call()
@@ -539,7 +540,7 @@ class SimulatedShamrock(_StandIn):
 
 
 def _capabilities() -> SimpleNamespace:
-    """The ``AndorCapabilities`` bit masks of an iDus: no EM gain, no frame transfer, no fast kinetics."""
+    """Return the ``AndorCapabilities`` bit masks of an iDus: no EM gain, no frame transfer, no fast kinetics."""
     return SimpleNamespace(
         ulSize=52,
         ulAcqModes=AC_ACQMODE.AC_ACQMODE_SINGLE
@@ -555,7 +556,7 @@ def _capabilities() -> SimpleNamespace:
         ulFTReadModes=0,
         ulTriggerModes=AC_TRIGGERMODE.AC_TRIGGERMODE_INTERNAL | AC_TRIGGERMODE.AC_TRIGGERMODE_EXTERNAL,
         # pylablib 1.4.5 checks set_cooler against the GetFunctions TEMPERATURE bit (0x01) within
-        # ulSetFunctions, which is the VREADOUT bit; an iDus has both, so the mix-up does not matter here.
+        # ulSetFunctions, where 0x01 is the VREADOUT bit. An iDus has both, so the mix-up does not matter here.
         ulSetFunctions=AC_SETFUNC.AC_SETFUNCTION_VREADOUT
         | AC_SETFUNC.AC_SETFUNCTION_HREADOUT
         | AC_SETFUNC.AC_SETFUNCTION_TEMPERATURE,
@@ -577,7 +578,7 @@ def _capabilities() -> SimpleNamespace:
 
 @dataclass
 class _Acquisition:
-    """State of one StartAcquisition ... end of series."""
+    """The state of one acquisition, from StartAcquisition to the end of its series."""
 
     target_frames: int | None
     cycle_s: float
@@ -1303,7 +1304,7 @@ def install_standin(sdk: SimulatedSDK2, shamrock: SimulatedShamrock | None = Non
     """Point pylablib's Andor SDK2 (and, when given, Shamrock) library objects at the stand-ins.
 
     Each module gets a fresh ``LibraryController`` around the stand-in, marked initialised so that
-    the DLL loader never runs; the original ``lib`` and ``libctl`` objects are restored on exit.
+    the DLL loader never runs. The original ``lib`` and ``libctl`` objects are restored on exit.
     Without ``shamrock`` the real Shamrock library object stays in place, which on Linux raises
     the OSError of a missing DLL.
 
