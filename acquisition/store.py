@@ -83,8 +83,8 @@ def _coordinate(group: zarr.Group, name: str, values: np.ndarray, attrs: dict[st
 
 
 def _component_coordinate(group: zarr.Group, names: list[str]) -> None:
-    # zarr 3 stores str arrays with its variable-length "string" data type; xarray 2024.10 and later
-    # reads them as a coordinate. Readers that cannot are served by the "components" attribute.
+    # zarr 3 stores str arrays with its variable-length "string" data type, which xarray (checked
+    # with 2026.9) reads as a coordinate. Readers that cannot read it find the "components" attribute.
     values = np.array([str(name) for name in names], dtype=str)
     array = group.create_array(
         "component", shape=values.shape, dtype=str, chunks=values.shape, dimension_names=["component"], overwrite=True
@@ -183,7 +183,7 @@ class ScanStore:
         if not path.exists():
             raise StoreError(f"store not found: {path}")
         try:
-            # Listing the hierarchy instead of trusting consolidated metadata sees groups that a
+            # Listing the hierarchy, instead of reading consolidated metadata, finds groups that a
             # writer added after the last consolidation.
             group = zarr.open_group(path, mode=mode, zarr_format=3, use_consolidated=False)
         except (FileNotFoundError, ValueError, KeyError) as exc:
@@ -318,7 +318,11 @@ class ScanStore:
         line_done[index] = True
 
     def set_status(self, status: ScanStatus, end_reason: str | None = None) -> None:
-        """Record the scan's status; a final status also records the end time and the reason."""
+        """Record the scan's status.
+
+        A final status also records the end time and the reason, refreshes the coordinates copied
+        into ``truth/`` and ``unmixing/``, and consolidates the metadata.
+        """
         update: dict[str, Any] = {"status": status.value}
         if status is not ScanStatus.ACQUIRING:
             update["finished"] = utc_now()
