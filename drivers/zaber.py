@@ -156,7 +156,7 @@ class ZaberStage:
             # Some products lack the setting; the WR/WH flag of a status poll still shows whether the axis is homed.
             reply = self._request("", read_only=True)
             return reply.warning_flag not in UNHOMED_FLAGS
-        return reply.data.split()[0] == "1" and reply.warning_flag not in UNHOMED_FLAGS
+        return reply.data.split()[:1] == ["1"] and reply.warning_flag not in UNHOMED_FLAGS
 
     def home(self) -> None:
         log.info("%s: homing", self.name)
@@ -186,8 +186,9 @@ class ZaberStage:
         except CommandRejected as exc:
             if exc.warning_flag in UNHOMED_FLAGS:
                 raise DeviceError(
-                    f"{self.name}: the stage rejected {command!r} because it is not homed ({describe_flag(exc.warning_flag)}); "
-                    'home it first, or set stage.homing = "home" so that the scan homes it'
+                    f"{self.name}: the stage rejected {command!r} ({exc.reason}) while it is not homed "
+                    f"({describe_flag(exc.warning_flag)}); home it first, or set stage.homing = \"home\" "
+                    "so that the scan homes it"
                 ) from exc
             raise
         self._wait_until_idle(command, self.move_timeout_s)
