@@ -7,12 +7,17 @@ error instead of a silently ignored setting. :func:`load_config` turns validatio
 
 from __future__ import annotations
 
+import difflib
 import tomllib
+import types
+import typing
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 
 class ConfigError(ValueError):
@@ -267,18 +272,78 @@ class FluoscanConfig(_Section):
         return self.model_dump(mode="json")
 
 
+def nested_model(annotation: Any) -> type[BaseModel] | None:
+    """Return the configuration model inside a field's type (``X``, ``X | None``, ``tuple[X, ...]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, tuple):
+        for argument in typing.get_args(annotation):
+            model = nested_model(argument)
+            if model is not None:
+                return model
+    return None
+
+
+def model_at(location: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """Return the configuration model at a location such as ("unmixing", "components", 0)."""
+    model: type[BaseModel] | None = FluoscanConfig
+    for part in location:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        model = nested_model(field.annotation) if field is not None else None
+    return model
+
+
+def _bound(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def bounds_text(field: FieldInfo, name: str = "value") -> str | None:
+    """Describe a field's numeric bounds in ASCII, e.g. "0 < step_mm <= 100", or None without bounds."""
+    low = high = None
+    for constraint in field.metadata:
+        if isinstance(constraint, annotated_types.Gt):
+            low = f"{_bound(constraint.gt)} <"
+        elif isinstance(constraint, annotated_types.Ge):
+            low = f"{_bound(constraint.ge)} <="
+        elif isinstance(constraint, annotated_types.Lt):
+            high = f"< {_bound(constraint.lt)}"
+        elif isinstance(constraint, annotated_types.Le):
+            high = f"<= {_bound(constraint.le)}"
+    if low is None and high is None:
+        return None
+    return " ".join(part for part in (low, name, high) if part)
+
+
+def _error_line(item: Any) -> str:
+    location = tuple(item["loc"])
+    key = ".".join(str(part) for part in location) or "(top level)"
+    message = item["msg"].removeprefix("Value error, ")
+    model = model_at(location[:-1])
+    name = location[-1] if location else None
+    if item["type"] == "extra_forbidden":
+        known = list(model.model_fields) if model is not None else []
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return f"  {key}: unknown key; {hint}docs/configuration.md lists every key"
+    if item["type"] == "missing":
+        return f"  {key}: missing required key"
+    if isinstance(item.get("input"), dict):
+        # A check across keys of a section: its message names the keys and values itself.
+        return f"  {key}: {message}"
+    field = model.model_fields.get(name) if model is not None and isinstance(name, str) else None
+    bounds = bounds_text(field, str(name)) if field is not None else None
+    allowed = f"; allowed: {bounds}" if bounds is not None else ""
+    return f"  {key} = {item.get('input')!r}: {message}{allowed}"
+
+
 def format_validation_error(error: ValidationError, source: str) -> str:
     """Turn a pydantic error into lines that name each key, the value given and what is allowed."""
     lines = [f"invalid configuration in {source}:"]
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key; check its spelling against docs/configuration.md")
-        elif item["type"] == "missing":
-            lines.append(f"  {key}: missing required key")
-        else:
-            lines.append(f"  {key} = {item.get('input')!r}: {message}")
+    lines += [_error_line(item) for item in error.errors()]
     return "\n".join(lines)
 
 
