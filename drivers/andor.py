@@ -191,8 +191,8 @@ class AndorSpectrometer:
     # ------------------------------------------------------------------ opening
 
     def _open(self, exposure_s: float | None) -> None:
-        self._camera = self._open_camera()
-        self._spectrograph = self._open_spectrograph()
+        self._open_camera()
+        self._open_spectrograph()
         self._calibration_nm = self._set_up_spectrograph()
         self._geometry = self._set_up_readout()
         self._wavelengths_nm = bin_columns(self._calibration_nm, self._geometry)
@@ -210,7 +210,7 @@ class AndorSpectrometer:
             self._wavelengths_nm.max(),
         )
 
-    def _open_camera(self) -> Any:
+    def _open_camera(self) -> None:
         index = self._config.camera_index
         with self._sdk("open the camera", missing_library=_SDK2_MISSING):
             count = Andor.get_cameras_number_SDK2()
@@ -220,13 +220,13 @@ class AndorSpectrometer:
                     "and close Andor Solis, which holds the camera while it runs"
                 )
             # The fan must run for the thermoelectric cooler to reach low temperatures; pylablib defaults it to "off".
-            camera = Andor.AndorSDK2Camera(idx=index, temperature=None if self._config.temperature_c is not None else "off", fan_mode="full")
-            controller, head, serial = camera.get_device_info()
+            initial_temperature = None if self._config.temperature_c is not None else "off"
+            self._camera = Andor.AndorSDK2Camera(idx=index, temperature=initial_temperature, fan_mode="full")
+            controller, head, serial = self._camera.get_device_info()
         self._camera_identity = f"Andor {head} serial {serial} ({controller})"
         log.info("%s: opened camera %s", DEVICE, self._camera_identity)
-        return camera
 
-    def _open_spectrograph(self) -> Any:
+    def _open_spectrograph(self) -> None:
         index = self._config.spectrograph_index
         with self._sdk("open the spectrograph", missing_library=_SHAMROCK_MISSING):
             serials = Andor.list_shamrock_spectrographs()
@@ -235,11 +235,10 @@ class AndorSpectrometer:
                     f"{DEVICE}: no Shamrock spectrograph at spectrograph_index {index} ({len(serials)} found); "
                     "check its USB cable and power"
                 )
-            spectrograph = Andor.ShamrockSpectrograph(idx=index)
-            serial = spectrograph.get_device_info().serial_number
+            self._spectrograph = Andor.ShamrockSpectrograph(idx=index)
+            serial = self._spectrograph.get_device_info().serial_number
         self._identity = f"{self._camera_identity}, Shamrock spectrograph serial {serial}"
         log.info("%s: opened spectrograph serial %s", DEVICE, serial)
-        return spectrograph
 
     def _set_up_spectrograph(self) -> np.ndarray:
         config = self._config

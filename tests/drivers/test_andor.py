@@ -261,6 +261,29 @@ def test_failed_open_releases_camera(standin):
     assert Shamrock.libctl.get_opened_num() == 0
 
 
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (Fault(FaultKind.REJECT, "GetHeadModel", occurrence=2), "GetHeadModel"),
+        (Fault(FaultKind.REJECT, "ShamrockGetSerialNumber", occurrence=3), "ShamrockGetSerialNumber"),
+        (Fault(FaultKind.REJECT, "SetShutter", occurrence=2), "SetShutter"),
+        # pylablib probes the smallest region with SetImage and silently narrows its limits on a rejection.
+        (Fault(FaultKind.REJECT, "SetImage", occurrence=2), "camera applied region"),
+    ],
+    ids=lambda value: value.command if isinstance(value, Fault) else "",
+)
+def test_open_failure_releases_libraries(fault, message):
+    plan = FaultPlan([fault])
+    shamrock = SimulatedShamrock(faults=plan)
+    sdk = SimulatedSDK2(noise=QUIET, spectrograph=shamrock, faults=plan)
+    with install_standin(sdk, shamrock):
+        with pytest.raises(DeviceError, match=message):
+            AndorSpectrometer(make_config())
+        assert AndorSDK2.libctl.get_opened_num() == 0
+        assert Shamrock.libctl.get_opened_num() == 0
+    assert not sdk._initialized
+
+
 # ------------------------------------------------------------------ cooler
 
 
