@@ -24,9 +24,10 @@ from matplotlib.ticker import MaxNLocator
 log = logging.getLogger(__name__)
 
 DPI = 110
-# Default percentiles for colour limits: ignore the darkest 1 % and the brightest 0.5 % of pixels.
+# Default percentiles for colour limits: ignore the darkest 1 % and the brightest 0.1 % of pixels.
+# A capillary tube covers about 0.5 % of a mouse scan, so a lower upper percentile would clip it.
 LOW_PERCENTILE = 1.0
-HIGH_PERCENTILE = 99.5
+HIGH_PERCENTILE = 99.9
 # Largest figure height in inches: taller figures do not fit a laptop screen at DPI.
 MAX_FIGURE_HEIGHT_IN = 15.0
 MAP_CMAP = "viridis"
@@ -186,9 +187,9 @@ def map_panel_size(map_axes: MapAxes, n_rows: int) -> tuple[float, float]:
         map_height, map_width = longest_in, max(longest_in / ratio, 1.0)
     else:
         map_width, map_height = longest_in, max(longest_in * ratio, 1.0)
-    # The colour bar and the y-axis label need about 1.6 in beside the map, the title and the
-    # x-axis label about 0.9 in above and below it.
-    return max(map_width + 1.6, 2.9), map_height + 0.9
+    # The colour bar with 5-digit ticks and its label, the y ticks and a two-line y-axis label need
+    # about 2.3 in beside the map, the title and the x-axis label about 0.9 in above and below it.
+    return max(map_width + 2.3, 3.2), map_height + 0.9
 
 
 def plot_map_grid(
@@ -222,7 +223,7 @@ def plot_map_grid(
     panel_width, panel_height = map_panel_size(map_axes, n_rows)
     if limits == "row":
         # Without a colour bar beside every panel, a panel needs less room than map_panel_size gives.
-        panel_width = max(panel_width - 0.9, 1.9)
+        panel_width = max(panel_width - 1.3, 1.9)
     figure = Figure(figsize=(panel_width * n_cols + 0.8, panel_height * n_rows + 0.6), layout="constrained")
     axes = figure.subplots(n_rows, n_cols, squeeze=False, sharex=True, sharey=True)
     cmap = DIVERGING_CMAP if diverging else MAP_CMAP
@@ -338,16 +339,15 @@ def plot_spectra(
     return save_figure(figure, path)
 
 
-def plot_loss(loss: np.ndarray, path: Path, *, subtitle: str) -> Path:
+def plot_loss(loss: np.ndarray, iterations: np.ndarray, path: Path, *, subtitle: str, loss_label: str = "loss") -> Path:
     """Save the loss against the iteration number on a log scale."""
     figure = Figure(figsize=(7.0, 4.2), layout="constrained")
     ax = figure.subplots()
-    iterations = np.arange(1, len(loss) + 1)
     positive = np.where(np.asarray(loss, dtype=np.float64) > 0, loss, np.nan)
     ax.plot(iterations, positive, marker="." if len(loss) < 50 else None, color="C0")
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(loss_label)
     ax.set_title(f"Loss\n{subtitle}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     return save_figure(figure, path)

@@ -148,6 +148,7 @@ class Unmixing:
     residual: np.ndarray | None = None
     residual_attrs: dict[str, Any] = field(default_factory=dict)
     loss: np.ndarray | None = None
+    loss_attrs: dict[str, Any] = field(default_factory=dict)
     sweep: Sweep | None = None
 
 
@@ -188,6 +189,8 @@ def read_unmixing(store: ScanStore) -> Unmixing | None:
     if result.residual is not None:
         result.residual_attrs = dict(group["residual"].attrs)
     result.loss = _array(group, "loss")
+    if result.loss is not None:
+        result.loss_attrs = dict(group["loss"].attrs)
     if "sweep" in group:
         sweep = group["sweep"]
         if all(name in sweep for name in ("targets", "n_zeroed", "spectra_distance")):
@@ -222,6 +225,15 @@ class FigureEntry:
 
     file: str
     caption: str
+
+
+def loss_iterations(unmixing: Unmixing) -> np.ndarray:
+    """Return the iteration of each loss entry: 0 (before the first), then every ``every_iterations``, then the last."""
+    n_entries = len(unmixing.loss)
+    iterations = np.arange(n_entries) * int(unmixing.loss_attrs.get("every_iterations", 1))
+    if "n_iter" in unmixing.attrs and n_entries > 1:
+        iterations[-1] = int(unmixing.attrs["n_iter"])
+    return iterations
 
 
 def _raw_figures(store: ScanStore, map_axes: MapAxes, output: Path) -> list[FigureEntry]:
@@ -293,13 +305,19 @@ def _unmixing_figures(store: ScanStore, unmixing: Unmixing, map_axes: MapAxes, o
         )
         entries.append(FigureEntry("residual.png", f"Residual map: {name}."))
     if unmixing.loss is not None and len(unmixing.loss):
-        n_iter = unmixing.attrs.get("n_iter", len(unmixing.loss))
+        n_iter = unmixing.attrs.get("n_iter", len(unmixing.loss) - 1)
         converged = unmixing.attrs.get("converged")
         if converged is None:
             state = "convergence not recorded"
         else:
             state = "converged" if converged else "stopped at the iteration cap"
-        figures.plot_loss(unmixing.loss, output / "loss.png", subtitle=f"{n_iter} iterations, {state}")
+        figures.plot_loss(
+            unmixing.loss,
+            loss_iterations(unmixing),
+            output / "loss.png",
+            subtitle=f"{n_iter} iterations, {state}",
+            loss_label=str(unmixing.loss_attrs.get("long_name", "loss")),
+        )
         entries.append(FigureEntry("loss.png", "Loss at each iteration (log scale)."))
     if unmixing.sweep is not None:
         entries += _sweep_figures(unmixing, map_axes, output)
@@ -338,6 +356,16 @@ def truth_spectra_by_name(store: ScanStore, names: list[str]) -> dict[str, np.nd
     return {name: spectra[truth_names.index(name)] for name in names if name in truth_names}
 
 
+def pearson_r(a: np.ndarray, b: np.ndarray) -> float:
+    """Return the correlation of two maps over the pixels finite in both, NaN when either is constant."""
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    finite = np.isfinite(a) & np.isfinite(b)
+    a, b = a[finite], b[finite]
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def _truth_figures(store: ScanStore, unmixing: Unmixing, map_axes: MapAxes, output: Path) -> list[FigureEntry]:
     truth = store.group["truth"]
     if "abundance" not in truth or unmixing.abundance is None:
@@ -352,11 +380,10 @@ def _truth_figures(store: ScanStore, unmixing: Unmixing, map_axes: MapAxes, outp
     for name in shared:
         expected = truth_abundance[..., truth_names.index(name)]
         found = unmixing.abundance[..., unmixing.names.index(name)]
-        r = np.corrcoef(expected.ravel(), found.ravel())[0, 1] if expected.std() > 0 and found.std() > 0 else np.nan
         truth_maps.append(expected)
         unmixed_maps.append(found)
         truth_titles.append(name)
-        unmixed_titles.append(f"{name}\nPearson r = {r:.3f}")
+        unmixed_titles.append(f"{name}\nPearson r = {pearson_r(expected, found):.4f}")
     figures.plot_map_grid(
         [truth_maps, unmixed_maps], [truth_titles, unmixed_titles], map_axes, output / "truth.png",
         colour_label="abundance (a.u.)", suptitle="Ground truth (top) and unmixed abundance (bottom)",

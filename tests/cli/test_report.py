@@ -12,7 +12,16 @@ from typer.testing import CliRunner
 from fluoscan.acquisition.store import ScanStatus, ScanStore
 from fluoscan.cli import figures
 from fluoscan.cli.main import app
-from fluoscan.cli.report import PreviewWriter, default_report_dir, map_axes_of, preview_path, write_report
+from fluoscan.cli.report import (
+    PreviewWriter,
+    Unmixing,
+    default_report_dir,
+    loss_iterations,
+    map_axes_of,
+    pearson_r,
+    preview_path,
+    write_report,
+)
 
 N_LINES, N_POINTS, N_WAVELENGTHS = 12, 8, 16
 STEP_MM, PITCH_MM, Y_START_MM = 0.75, 0.5, 5.0
@@ -186,6 +195,22 @@ def test_report_partial_unmixing(tmp_path, unmixing, expected_missing):
     assert {p.name for p in folder.glob("*.png")} == ALL_FIGURES - expected_missing
 
 
+@pytest.mark.parametrize(
+    ("build", "force"),
+    [(dict(), False), (dict(lines_done=7, status=ScanStatus.ABORTED), True)],
+    ids=["complete scan", "aborted scan"],
+)
+@pytest.mark.filterwarnings("ignore::UserWarning")  # clipped negatives and max_iter reached on the tiny cube
+def test_report_of_unmix_store_output(tmp_path, build, force):
+    from fluoscan.unmixing import unmix_store
+
+    make_store(tmp_path / "s.zarr", **build)
+    unmix_store(tmp_path / "s.zarr", components=NAMES, max_iter=30, force=force)
+    folder = write_report(tmp_path / "s.zarr")
+    assert {p.name for p in folder.glob("*.png")} == ALL_FIGURES - {"sweep.png", "sweep_maps.png"}
+    assert "<th>n_iter</th>" in (folder / "index.html").read_text(encoding="utf-8")
+
+
 def test_report_leaves_no_partial_files(full_report):
     assert not list(full_report.glob(".*"))
 
@@ -259,13 +284,14 @@ def test_draw_map_y_grows_upwards_for_reverse_scan():
 @pytest.mark.parametrize(
     ("values", "options", "expected"),
     [
-        (np.r_[np.zeros(990), np.linspace(1, 10, 10)], dict(from_zero=True), (0.0, pytest.approx(9.955))),
-        (np.r_[np.linspace(0, 100, 1000), 1e9], dict(), (pytest.approx(1.0, abs=0.01), pytest.approx(99.6, abs=0.2))),
+        (np.r_[np.zeros(990), np.linspace(1, 10, 10)], dict(from_zero=True), (0.0, pytest.approx(9.991))),
+        (np.r_[np.zeros(9990), np.linspace(1, 10, 10)], dict(from_zero=True), (0.0, pytest.approx(9.991))),
+        (np.r_[np.linspace(0, 100, 10000), 1e9], dict(), (pytest.approx(1.0, abs=0.01), pytest.approx(99.9, abs=0.1))),
         (np.full(10, 3.0), dict(), (pytest.approx(2.85), pytest.approx(3.15))),
         (np.zeros(10), dict(from_zero=True), (0.0, 1.0)),
         (np.full(10, np.nan), dict(), (0.0, 1.0)),
     ],
-    ids=["sparse map from zero", "hot pixel ignored", "constant map widened", "all zero", "all NaN"],
+    ids=["sparse map from zero", "very sparse map", "hot pixels ignored", "constant map widened", "all zero", "all NaN"],
 )
 def test_robust_limits(values, options, expected):
     assert figures.robust_limits(values, **options) == expected
@@ -339,3 +365,36 @@ def test_preview_leaves_no_partial_file(tmp_path):
 def test_preview_rejects_bad_interval(tmp_path, every):
     with pytest.raises(ValueError, match=f"at least 1 line, got {every}"):
         PreviewWriter(tmp_path / "s.zarr", every=every)
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+@pytest.mark.parametrize(
+    ("n_entries", "loss_attrs", "unmixing_attrs", "expected"),
+    [
+        (4, {}, {}, [0, 1, 2, 3]),
+        (4, {"every_iterations": 10}, {"n_iter": 25}, [0, 10, 20, 25]),
+        (3, {"every_iterations": 10}, {"n_iter": 20}, [0, 10, 20]),
+        (1, {"every_iterations": 10}, {"n_iter": 0}, [0]),
+    ],
+)
+def test_loss_iterations(n_entries, loss_attrs, unmixing_attrs, expected):
+    unmixing = Unmixing(names=["a"], attrs=unmixing_attrs, loss=np.ones(n_entries), loss_attrs=loss_attrs)
+    assert list(loss_iterations(unmixing)) == expected
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ([1.0, 2.0, 3.0], [2.0, 4.0, 6.0], 1.0),
+        ([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, np.nan], 1.0),
+        ([1.0, 2.0, 3.0], [3.0, 2.0, 1.0], -1.0),
+    ],
+)
+def test_pearson_r(a, b, expected):
+    assert pearson_r(np.array(a), np.array(b)) == pytest.approx(expected)
+
+
+def test_pearson_r_constant_map():
+    assert np.isnan(pearson_r(np.ones(5), np.arange(5.0)))
