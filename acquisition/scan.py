@@ -31,9 +31,12 @@ from fluoscan.drivers import DeviceError, Laser
 log = logging.getLogger(__name__)
 
 # Configuration keys that may differ between an interrupted scan and its resumption: they change
-# neither the raster nor the data, only timeouts, buffering, timing of simulated devices and unmixing.
+# neither the raster nor the data, only addresses (a device may come back on another port; its
+# identity is checked separately), timeouts, buffering, timing of simulated devices and unmixing.
 RESUMABLE_KEYS = frozenset(
     {
+        "laser.resource",
+        "stage.port",
         "scan.writer_queue_lines",
         "laser.timeout_s",
         "laser.emission_timeout_s",
