@@ -3,23 +3,26 @@
 Wire protocol, as implemented here and in :mod:`fluoscan.simulators.laser`:
 
 - Lines end in ``\\r\\n`` both ways. The driver switches handshaking on at open
-  (``SYST:COMM:HAND ON``), so every set command is answered by ``OK`` and every query by
-  ``<value>\\r\\nOK``. A command the laser rejects is answered by ``ERR-<code>`` instead, and
+  (``SYST:COMM:HAND ON``), so the reply to every set command is ``OK`` and the reply to every
+  query is ``<value>\\r\\nOK``. The reply to a rejected command is ``ERR-<code>`` instead, and
   the laser keeps the details in its error queue (``SYST:ERR:NEXT?``).
 - Powers are in watts on the wire and in milliwatts in this API.
 
 Failure handling:
 
-- No reply within ``timeout_s`` raises :class:`DeviceTimeout`. Input that arrives late is
-  discarded before the next command.
+- No reply within ``timeout_s`` raises :class:`DeviceTimeout`. The next command first waits up
+  to ``timeout_s`` more for the late reply and discards it.
 - A dropped connection costs one reconnect and one repeat of the command (every OBIS command
   sent here sets an absolute value, so repeating it is harmless), then :class:`DeviceDisconnected`.
-  A call therefore returns within about twice ``timeout_s``.
-- A reply that is not ASCII, lacks its ``OK`` or is not a valid value for the query: the driver
-  discards pending input and raises :class:`DeviceProtocolError`. A read-only query is repeated
-  once first, because repeating it cannot change the laser.
+- A reply that is not ASCII, lacks its ``OK`` or is not a valid value for the query makes the
+  driver discard pending input and raise :class:`DeviceProtocolError`. A read-only query is
+  repeated once first, because repeating it cannot change the laser.
 - ``set_emission(False)`` is the safety path: on any failure it reconnects, tries once more and
   only then raises.
+
+Every wait is bounded. A call returns within a few ``timeout_s`` (one wait for a late reply, one
+reply, one reconnect and one repeat), plus ``emission_timeout_s`` for ``set_emission(True)``.
+The retry of ``set_emission(False)`` can double that.
 
 ``close`` releases the port but does not switch emission off: the scan does that explicitly, and
 an OBIS laser keeps its state when the host disconnects.
@@ -55,14 +58,14 @@ T = TypeVar("T")
 
 TERMINATION = "\r\n"
 OK = "OK"
-# Longest quiet period waited for while discarding stale input.
+# Silence that ends the discarding of stale input, in s.
 DRAIN_QUIET_S = 0.05
 EMISSION_POLL_S = 0.05
 MAX_QUEUED_ERRORS = 32
 
 
 class Command(str, Enum):
-    """OBIS commands in their short SCPI form; queries end in ``?``."""
+    """OBIS commands in their short SCPI form. Queries end in ``?``."""
 
     IDENTITY = "*IDN?"
     HANDSHAKE = "SYST:COMM:HAND"
@@ -113,7 +116,7 @@ class ObisStatus(IntFlag):
     """Bits of the ``SYST:STAT?`` status word (8 hex digits).
 
     NOTE: bit positions follow a public OBIS driver, not Coherent's manual. A key switch has no bit
-    of its own; this driver and the simulator take STANDBY as "key switch off".
+    of its own, so this driver and the simulator take STANDBY as "key switch off".
     """
 
     LASER_FAULT = 0x0001
@@ -127,11 +130,11 @@ class ObisStatus(IntFlag):
 
 
 class _ConnectionLost(Exception):
-    """The transport failed; the caller reconnects or raises DeviceDisconnected."""
+    """The transport failed, so the caller reconnects or raises DeviceDisconnected."""
 
 
 def parse_switch(text: str) -> bool:
-    """Return True for ``ON`` and False for ``OFF``; raise ValueError otherwise."""
+    """Return True for ``ON`` and False for ``OFF``, or raise ValueError for anything else."""
     if text == Switch.ON.value:
         return True
     if text == Switch.OFF.value:
@@ -168,7 +171,7 @@ class ObisLaser:
     wavelength_nm
         Wavelength the laser must report (``laser.wavelength_nm``).
     wavelength_tolerance_nm
-        Largest accepted difference between reported and expected wavelength.
+        Maximum accepted difference between reported and expected wavelength.
     timeout_s
         Time allowed for each reply.
     emission_timeout_s
@@ -209,7 +212,9 @@ class ObisLaser:
         self._manager = resource_manager if resource_manager is not None else pyvisa.ResourceManager("@py")
         self._resource: Any = None
         self._lock = threading.RLock()
-        self._stale_input = False
+        # Reply lines still owed after a timeout, and until when to wait for them.
+        self._late_lines = 0
+        self._late_until = 0.0
         self._reading_errors = False
         self._closed = False
 
@@ -292,7 +297,7 @@ class ObisLaser:
             ) from exc
         except DeviceTimeout as exc:
             raise DeviceTimeout(
-                f"{exc}; the device at {self.resource_name} does not answer like an OBIS laser: "
+                f"{exc}; the device at {self.resource_name} does not reply like an OBIS laser: "
                 f"check laser.baud_rate ({self.baud_rate}) and that the laser is switched on"
             ) from exc
         self.clear_errors()
@@ -313,7 +318,7 @@ class ObisLaser:
         self._switch_emission_off()
 
     def _switch_handshake_on(self) -> None:
-        # The laser answers with OK when handshaking is on after the command, whatever it was before.
+        # The reply is OK because handshaking is on after this command, whatever it was before.
         self._exchange(f"{Command.HANDSHAKE.value} {Switch.ON.value}", is_query=False)
 
     def _check_wavelength(self) -> None:
@@ -326,7 +331,7 @@ class ObisLaser:
             )
 
     def close(self) -> None:
-        """Release the port, leaving the laser's emission as it is. Safe to call twice."""
+        """Release the port and leave the laser's emission as it is. Safe to call twice."""
         with self._lock:
             if self._closed:
                 return
@@ -351,7 +356,7 @@ class ObisLaser:
         self._close_resource()
         try:
             self._resource = self._open_resource()
-            self._stale_input = False
+            self._late_lines = 0
             self._switch_handshake_on()
         except (DeviceError, _ConnectionLost) as exc:
             self._close_resource()
@@ -449,20 +454,26 @@ class ObisLaser:
 
     def _switch_emission_on(self) -> None:
         self._check_ready_for_emission()
-        self.command(f"{Command.EMISSION.value} {Switch.ON.value}")
+        try:
+            self.command(f"{Command.EMISSION.value} {Switch.ON.value}")
+            self._wait_for_emission()
+        except DeviceError:
+            # The laser may have accepted the command, and would then start after the CDRH delay.
+            self._abandon_emission_on()
+            raise
+        log.info("OBIS laser at %s: emission on", self.resource_name)
 
+    def _wait_for_emission(self) -> None:
         deadline = time.monotonic() + self.emission_timeout_s
         while not self.emission():
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:
-                self._abandon_emission_on()
                 raise DeviceTimeout(
                     f"OBIS laser at {self.resource_name}: emission did not switch on within "
                     f"{self.emission_timeout_s:g} s after {Command.EMISSION.value} ON (the CDRH delay is 5 s "
                     "when SYST:CDRH is ON); raise laser.emission_timeout_s or check the laser's status"
                 )
             time.sleep(min(EMISSION_POLL_S, remaining_s))
-        log.info("OBIS laser at %s: emission on", self.resource_name)
 
     def _check_ready_for_emission(self) -> None:
         lock_reply = self.query(Command.INTERLOCK, str)
@@ -486,9 +497,9 @@ class ObisLaser:
 
     def _abandon_emission_on(self) -> None:
         try:
-            self._switch_emission_off()
+            self._switch_emission_off_with_retry()
         except DeviceError as exc:
-            log.error("OBIS laser at %s: could not cancel the pending emission: %s", self.resource_name, exc)
+            log.critical("OBIS laser at %s: could not cancel the pending emission: %s", self.resource_name, exc)
 
     def _switch_emission_off(self) -> None:
         self.command(f"{Command.EMISSION.value} {Switch.OFF.value}")
@@ -546,7 +557,7 @@ class ObisLaser:
         except ValueError:
             self._resynchronise()
             raise DeviceProtocolError(
-                f"OBIS laser at {self.resource_name} answered {message!r} with the malformed error {reply!r}"
+                f"OBIS laser at {self.resource_name} replied to {message!r} with the malformed error {reply!r}"
             ) from None
 
         details = ""
@@ -578,7 +589,7 @@ class ObisLaser:
         Raises
         ------
         DeviceError
-            If the laser answers ``ERR-<code>``; the message contains the error queue's entries.
+            If the laser replies ``ERR-<code>``. The message contains the error queue's entries.
         """
         self._transact(message, is_query=False, parse=str, repeat_on_garble=False)
 
@@ -593,12 +604,13 @@ class ObisLaser:
 
     def _transact(self, message: str, *, is_query: bool, parse: Callable[[str], T], repeat_on_garble: bool) -> T:
         with self._lock:
-            if self._resource is None:
-                raise DeviceDisconnected(
-                    f"OBIS laser at {self.resource_name} is not connected (closed, or a reconnect failed); "
-                    "open it again"
-                )
+            if self._closed:
+                raise DeviceDisconnected(f"OBIS laser at {self.resource_name} is closed; open it again")
             reconnected = False
+            if self._resource is None:
+                # An earlier reconnect failed, but the link may be back.
+                self._reconnect()
+                reconnected = True
             repeated = False
             while True:
                 try:
@@ -606,6 +618,7 @@ class ObisLaser:
                     return parse(reply) if is_query else reply  # type: ignore[return-value]
                 except _ConnectionLost as exc:
                     if reconnected:
+                        self._close_resource()
                         raise DeviceDisconnected(
                             f"lost the connection to OBIS laser at {self.resource_name} again while sending "
                             f"{message!r}: {exc}; check the cable or network"
@@ -617,7 +630,7 @@ class ObisLaser:
                     self._resynchronise()
                     if isinstance(exc, ValueError):
                         exc = DeviceProtocolError(
-                            f"OBIS laser at {self.resource_name} answered {message!r} with an invalid value: {exc}"
+                            f"OBIS laser at {self.resource_name} replied to {message!r} with an invalid value: {exc}"
                         )
                     if not repeat_on_garble or repeated:
                         log.error("%s", exc)
@@ -626,43 +639,41 @@ class ObisLaser:
                     repeated = True
 
     def _exchange(self, message: str, *, is_query: bool) -> str:
-        """Write one message and read its reply lines; return the value (or OK for a set command)."""
-        if self._stale_input:
+        """Write one message, read its reply lines and return the value (OK for a set command)."""
+        if self._late_lines:
             self._drain()
-        deadline = time.monotonic() + self.timeout_s
         if self._peer_closed():
             raise _ConnectionLost("the laser closed the connection")
+        deadline = time.monotonic() + self.timeout_s
         try:
             self._resource.write(message)
         except (pyvisa.errors.VisaIOError, OSError) as exc:
             raise _ConnectionLost(str(exc)) from exc
 
-        first = self._read_line(message, deadline)
+        expected_lines = 2 if is_query else 1
+        first = self._read_line(message, deadline, missing_lines=expected_lines)
         if first.startswith("ERR"):
             self._raise_error_reply(message, first)
         if not is_query:
             if first != OK:
                 raise DeviceProtocolError(
-                    f"OBIS laser at {self.resource_name} answered {message!r} with {first!r} instead of {OK}"
+                    f"OBIS laser at {self.resource_name} replied to {message!r} with {first!r} instead of {OK}"
                 )
             return first
-        # The first line may itself be OK: SYST:LOCK? answers OK for a closed interlock.
-        handshake = self._read_line(message, deadline)
+        # The first line may itself be OK, because SYST:LOCK? returns OK for a closed interlock.
+        handshake = self._read_line(message, deadline, missing_lines=1)
         if handshake != OK:
             raise DeviceProtocolError(
-                f"OBIS laser at {self.resource_name} answered {message!r} with {first!r} followed by "
+                f"OBIS laser at {self.resource_name} replied to {message!r} with {first!r} followed by "
                 f"{handshake!r} instead of {OK}"
             )
         return first
 
-    def _read_line(self, message: str, deadline: float) -> str:
+    def _read_line(self, message: str, deadline: float, *, missing_lines: int) -> str:
+        """Read one reply line by ``deadline``. On a timeout, remember how many lines are still owed."""
         remaining_s = deadline - time.monotonic()
-        if remaining_s <= 0:
-            self._stale_input = True
-            raise DeviceTimeout(
-                f"OBIS laser at {self.resource_name}: no reply to {message!r} within {self.timeout_s:g} s"
-            )
         try:
+            # Past the deadline, a reply already received is still taken.
             self._resource.timeout = max(remaining_s * 1000.0, 1.0)
             # latin-1 decodes any byte, so that a garbled reply is reported here instead of by the codec.
             line = self._resource.read(encoding="latin-1")
@@ -671,7 +682,8 @@ class ObisLaser:
                 raise _ConnectionLost(str(exc)) from exc
             if self._peer_closed():
                 raise _ConnectionLost("the laser closed the connection") from exc
-            self._stale_input = True
+            self._late_lines = missing_lines
+            self._late_until = time.monotonic() + self.timeout_s
             raise DeviceTimeout(
                 f"OBIS laser at {self.resource_name}: no reply to {message!r} within {self.timeout_s:g} s; "
                 "check that the laser is on and laser.timeout_s"
@@ -680,7 +692,7 @@ class ObisLaser:
             raise _ConnectionLost(str(exc)) from exc
 
         if not (line.isascii() and line.isprintable()):
-            raise DeviceProtocolError(f"OBIS laser at {self.resource_name} answered {message!r} with garbled bytes {line!r}")
+            raise DeviceProtocolError(f"OBIS laser at {self.resource_name} replied to {message!r} with garbled bytes {line!r}")
         return line
 
     def _resynchronise(self) -> None:
@@ -688,14 +700,27 @@ class ObisLaser:
         self._drain()
 
     def _drain(self) -> None:
-        """Read and discard input until the line is quiet for DRAIN_QUIET_S, for at most timeout_s."""
+        """Read and discard input until the line is quiet, for at most ``timeout_s``.
+
+        After a timeout the reply may still come: until ``_late_lines`` lines have arrived, the
+        wait lasts until one ``timeout_s`` after the timeout, instead of the short quiet period.
+        NOTE: a reply later than that can still be taken for the reply to the next command, if
+        it has the same shape.
+        """
         if self._resource is None:
             return
-        deadline = time.monotonic() + self.timeout_s
+        hard_deadline = time.monotonic() + self.timeout_s
         discarded = 0
         try:
-            self._resource.timeout = DRAIN_QUIET_S * 1000.0
-            while time.monotonic() < deadline:
+            while True:
+                now = time.monotonic()
+                wait_s = DRAIN_QUIET_S
+                if discarded < self._late_lines:
+                    wait_s = max(wait_s, self._late_until - now)
+                wait_s = min(wait_s, hard_deadline - now)
+                if wait_s <= 0:
+                    break
+                self._resource.timeout = wait_s * 1000.0
                 self._resource.read_raw()
                 discarded += 1
         except pyvisa.errors.VisaIOError as exc:
@@ -705,8 +730,8 @@ class ObisLaser:
             # The next write or read reports the broken connection and reconnects.
             log.warning("OBIS laser at %s: discarding input failed: %s", self.resource_name, exc)
         if discarded:
-            log.warning("OBIS laser at %s: discarded %d stale replies", self.resource_name, discarded)
-        self._stale_input = False
+            log.warning("OBIS laser at %s: discarded %d stale reply lines", self.resource_name, discarded)
+        self._late_lines = 0
 
     def _peer_closed(self) -> bool:
         """Return True when a TCP socket resource has been closed by the other end.

@@ -46,7 +46,7 @@ POLL_S = 0.05
 
 
 class SimulatorError(Exception):
-    """A command the simulated laser rejects; becomes an ``ERR-<code>`` reply and a queue entry."""
+    """A command the simulated laser rejects. It becomes an ``ERR-<code>`` reply and a queue entry."""
 
     def __init__(self, code: ObisErrorCode, message: str) -> None:
         super().__init__(message)
@@ -61,7 +61,7 @@ class _Node:
 
 
 def _compile(pattern: str) -> tuple[_Node, ...]:
-    """Turn ``"SOURce:POWer:LEVel[:IMMediate]"`` into nodes; the upper-case letters are the short form."""
+    """Turn ``"SOURce:POWer:LEVel[:IMMediate]"`` into nodes. The upper-case letters are the short form."""
     nodes = []
     for optional, mnemonic in re.findall(r"(\[?):?([*A-Za-z]+)\]?", pattern):
         short = re.match(r"[*A-Z]+", mnemonic)
@@ -199,8 +199,8 @@ class ObisSimulator:
     def handle(self, line: str, *, apply: bool = True) -> list[str]:
         """Execute one request and return its reply lines (none for a set command without handshaking).
 
-        ``apply=False`` answers a set command as if accepted but leaves the state unchanged (the
-        STALL fault); queries are answered as usual.
+        ``apply=False`` replies to a set command as if it were accepted but leaves the state
+        unchanged (the STALL fault). Queries get their usual replies.
         """
         line = line.strip()
         header, _, argument_text = line.partition(" ")
@@ -375,14 +375,14 @@ class _LaserServer:
         raise NotImplementedError
 
     def _requests(self, buffer: bytearray, data: bytes) -> list[str]:
-        """Append received bytes and return the complete lines; empty lines are dropped."""
+        """Append received bytes and return the complete lines, without empty ones."""
         buffer.extend(data)
         *lines, rest = re.split(rb"\r\n|\r|\n", bytes(buffer))
         buffer[:] = rest
         return [line.decode("ascii", errors="replace") for line in lines if line.strip()]
 
     def _respond(self, line: str, send: Callable[[bytes], None]) -> bool:
-        """Answer one request, applying a fault if one fires; return False to drop the connection."""
+        """Reply to one request, applying a fault if one fires. Return False to drop the connection."""
         fault = self.faults.check(line)
         kind = fault.kind if fault is not None else None
         if kind is FaultKind.TIMEOUT:
@@ -420,6 +420,7 @@ class LaserTcpServer(_LaserServer):
         self._listener.bind(("127.0.0.1", port))
         self._listener.listen(1)
         self.port: int = self._listener.getsockname()[1]
+        self.connection_count = 0
 
     @property
     def resource(self) -> str:
@@ -431,6 +432,7 @@ class LaserTcpServer(_LaserServer):
             if not readable:
                 continue
             client, address = self._listener.accept()
+            self.connection_count += 1
             log.info("simulated OBIS laser: client %s:%d connected", *address)
             with client:
                 self._serve_client(client)
@@ -463,22 +465,25 @@ class LaserTcpServer(_LaserServer):
 
 
 class LaserPtyServer(_LaserServer):
-    """Serves the simulated laser on a pseudo-terminal; connect to :attr:`resource` (``ASRL<path>::INSTR``).
+    """Serves the simulated laser on a pseudo-terminal at :attr:`resource` (``ASRL<path>::INSTR``).
 
     A DISCONNECT fault hangs up: the server moves to a new pseudo-terminal (a new path) and closes
-    the old one, so that the client's port vanishes as an unplugged USB adapter's would.
+    the old master, so that the client's port vanishes as an unplugged USB adapter's would. The old
+    slave stays open until :meth:`stop`, which keeps its number from being reused meanwhile: a client
+    reopening the old path then fails instead of reaching another program's pseudo-terminal.
     """
 
     def __init__(self, device: ObisSimulator | None = None, *, faults: FaultPlan | Iterable[Fault] | None = None):
         super().__init__(device, faults)
         self._master, self._slave, self.path = self._open_pty()
+        self._hung_up_slaves: list[int] = []
 
     @staticmethod
     def _open_pty() -> tuple[int, int, str]:
         master, slave = pty.openpty()
         # A fresh pseudo-terminal echoes and translates line ends until it is raw.
         tty.setraw(slave)
-        # The slave stays open here: without it, reading the master fails with EIO once the client closes.
+        # The slave stays open here, because without it reading the master fails with EIO once the client closes.
         return master, slave, os.ttyname(slave)
 
     @property
@@ -509,15 +514,16 @@ class LaserPtyServer(_LaserServer):
         old_master, old_slave, old_path = self._master, self._slave, self.path
         self._master, self._slave, self.path = self._open_pty()
         os.close(old_master)
-        os.close(old_slave)
+        self._hung_up_slaves.append(old_slave)
         log.info("simulated OBIS laser: hung up %s, now serving at %s", old_path, self.path)
 
     def _release(self) -> None:
         # The descriptors are marked closed so that a second stop cannot close a reused number.
-        for fd in (self._master, self._slave):
+        for fd in (self._master, self._slave, *self._hung_up_slaves):
             if fd >= 0:
                 os.close(fd)
         self._master = self._slave = -1
+        self._hung_up_slaves.clear()
 
 
 LaserServer = LaserTcpServer | LaserPtyServer
@@ -533,7 +539,7 @@ def serve_laser(
 ) -> LaserServer:
     """Start a simulated OBIS laser that reports ``config.laser.wavelength_nm``, and return its server.
 
-    The server runs until :meth:`stop` (or the end of a ``with`` block); other processes connect
+    The server runs until :meth:`stop` or the end of a ``with`` block. Other processes connect
     to ``server.resource``. ``time_scale`` defaults to ``config.simulation.time_scale``.
     """
     config = config if config is not None else FluoscanConfig()
@@ -558,7 +564,7 @@ def open_simulated_laser(context: Any) -> ObisLaser:
     """Serve a simulated laser for the scan and return an :class:`ObisLaser` connected to it.
 
     Faults come from ``context.options["laser_faults"]``. The server stops when ``context.stack``
-    closes, after the devices; it is also left in ``context.options["laser_server"]`` so that
+    closes, after the devices. It is also stored in ``context.options["laser_server"]``, so that
     other simulated devices can read the emission state from ``server.device``.
     """
     config = context.config
