@@ -120,6 +120,17 @@ def frobenius_loss(norm_sq: float, AtM: np.ndarray, AtA: np.ndarray, S: np.ndarr
     return max(value, 0.0)
 
 
+def squared_residual(A: np.ndarray, M: np.ndarray, S: np.ndarray, work: np.ndarray | None = None) -> float:
+    """Return ‖M − AS‖² of a block of rows, summed per row in the data's dtype and across rows in float64.
+
+    Forming the residual avoids the cancellation of :func:`frobenius_loss`, at the cost of one
+    product A S per block. ``work`` is a buffer of M's shape and dtype.
+    """
+    residual = np.matmul(A, S, out=work)
+    np.subtract(M, residual, out=residual)
+    return float(np.sum(np.einsum("ij,ij->i", residual, residual), dtype=np.float64))
+
+
 def kl_statistics(
     A: np.ndarray, M: np.ndarray, S: np.ndarray, work: np.ndarray | None = None, divergence: bool = False
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -214,99 +225,133 @@ class _LoopSettings:
     tol: float
     loss_every: int
     block_rows: int
+    # The Frobenius loss from Gram matrices is exact enough only in float64 (see frobenius_loss).
+    gram_loss: bool = True
     norm_sq: float = 0.0
     column_sums: np.ndarray | None = field(default=None, repr=False)
     initial_statistics: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
 
-def _run_updates(M: np.ndarray, A_work: np.ndarray, S: np.ndarray, settings: _LoopSettings) -> _LoopResult:
-    """Iterate the updates on ``A_work`` and ``S`` in place; return the thresholded A and the history."""
-    n_pixels, n_components = A_work.shape
-    blocks = _row_blocks(n_pixels, settings.block_rows)
-    targeted = [p for p, rule in enumerate(settings.rules) if rule is not None]
-    frobenius = settings.loss is Loss.FROBENIUS
+class _Updater:
+    """The update loop over one data matrix: holds A_work, the thresholded A, S and the reductions."""
 
-    A = np.empty_like(A_work) if targeted else A_work
-    cuts: list[Threshold | None] = [None] * n_components
-    n_zeroed = np.zeros(n_components, dtype=np.int64)
-    if targeted:
-        cuts, n_zeroed = threshold_columns(A_work, settings.rules, out=A)
+    def __init__(self, M: np.ndarray, A_work: np.ndarray, S: np.ndarray, settings: _LoopSettings) -> None:
+        self.M, self.A_work, self.S, self.settings = M, A_work, S, settings
+        n_pixels, n_components = A_work.shape
+        self.blocks = _row_blocks(n_pixels, settings.block_rows)
+        self.targeted = [p for p, rule in enumerate(settings.rules) if rule is not None]
+        self.frobenius = settings.loss is Loss.FROBENIUS
 
-    block_size = blocks[0].stop - blocks[0].start
-    if frobenius:
-        work = (np.empty((block_size, n_components), A.dtype), np.empty((block_size, n_components), A.dtype))
-        if settings.initial_statistics is not None and not targeted:
-            AtM, AtA = (statistic.copy() for statistic in settings.initial_statistics)
+        self.A = np.empty_like(A_work) if self.targeted else A_work
+        self.cuts: list[Threshold | None] = [None] * n_components
+        self.n_zeroed = np.zeros(n_components, dtype=np.int64)
+        if self.targeted:
+            self.cuts, self.n_zeroed = threshold_columns(A_work, settings.rules, out=self.A)
+
+        block_size = self.blocks[0].stop - self.blocks[0].start
+        self.ratio_work = np.empty((block_size, M.shape[1]), M.dtype)
+        self.abundance_work = (np.empty((block_size, n_components), M.dtype), np.empty((block_size, n_components), M.dtype))
+        if not self.frobenius:
+            return
+        if settings.initial_statistics is not None and not self.targeted:
+            self.AtM, self.AtA = (statistic.copy() for statistic in settings.initial_statistics)
         else:
-            AtM, AtA = np.zeros((n_components, M.shape[1])), np.zeros((n_components, n_components))
-            for rows in blocks:
-                spectra_statistics(A[rows], M[rows], out=(AtM, AtA))
-    else:
-        ratio_work = np.empty((block_size, M.shape[1]), M.dtype)
+            self.AtM, self.AtA = np.zeros((n_components, M.shape[1])), np.zeros((n_components, n_components))
+            for rows in self.blocks:
+                spectra_statistics(self.A[rows], M[rows], out=(self.AtM, self.AtA))
 
-    history: list[float] = []
-    converged = False
-    started = time.perf_counter()
-    for iteration in range(settings.max_iter + 1):
-        check = iteration % settings.loss_every == 0 or iteration == settings.max_iter
-        if frobenius:
-            if check:
-                history.append(frobenius_loss(settings.norm_sq, AtM, AtA, S))
-        else:
-            AtR, A_sum, divergence = np.zeros((n_components, M.shape[1])), np.zeros(n_components), 0.0
-            for rows in blocks:
-                block_AtR, block_sum, block_divergence = kl_statistics(
-                    A[rows], M[rows], S, ratio_work[: rows.stop - rows.start], divergence=check
-                )
-                AtR += block_AtR
-                A_sum += block_sum
-                divergence += block_divergence
-            if check:
-                history.append(max(divergence, 0.0))
-        if check and len(history) > 1 and settings.tol > 0:
-            previous = history[-2]
-            if abs(previous - history[-1]) <= settings.tol * previous:
-                converged = True
-                break
-        if iteration == settings.max_iter:
-            break
-
-        if settings.update_spectra:
-            if frobenius:
-                update_spectra(S, AtM, AtA, settings.free)
+    def run(self) -> _LoopResult:
+        settings = self.settings
+        history: list[float] = []
+        checked_at: list[int] = []
+        converged = False
+        started = time.perf_counter()
+        for iteration in range(settings.max_iter + 1):
+            check = iteration % settings.loss_every == 0 or iteration == settings.max_iter
+            if self.frobenius:
+                if check:
+                    history.append(self.frobenius_loss())
             else:
-                update_spectra_kl(S, AtR, A_sum, settings.free)
-        if frobenius:
-            # One pass over M: each block's A update and its share of AᵀM read the block while it is in cache.
-            SSt = S @ S.T
-            AtM[...] = 0.0
-            for rows in blocks:
-                size = rows.stop - rows.start
-                update_abundance(A_work[rows], M[rows], S, SSt, work=(work[0][:size], work[1][:size]))
-                np.add(AtM, A_work[rows].T @ M[rows], out=AtM)
-        else:
-            for rows in blocks:
-                update_abundance_kl(A_work[rows], M[rows], S, ratio_work[: rows.stop - rows.start])
+                divergence = self.kl_statistics(divergence=check)
+                if check:
+                    history.append(divergence)
+            if check:
+                checked_at.append(iteration)
+                if len(history) > 1 and settings.tol > 0:
+                    # Average relative change per iteration since the previous evaluation.
+                    change = abs(history[-2] - history[-1]) / (checked_at[-1] - checked_at[-2])
+                    if change <= settings.tol * history[-2]:
+                        converged = True
+                        break
+                if iteration % (50 * settings.loss_every) == 0:
+                    log.debug("iteration %d: loss %.6g", iteration, history[-1])
+            if iteration == settings.max_iter:
+                break
 
-        if targeted:
-            cuts, n_zeroed = threshold_columns(A_work, settings.rules, out=A)
-            if frobenius:
-                AtM[targeted] = _kept_rows_product(A[:, targeted], M, settings.block_rows)
-        if frobenius:
-            AtA = _gram(A, blocks)
-        if log.isEnabledFor(logging.DEBUG) and check and iteration % (50 * settings.loss_every) == 0:
-            log.debug("iteration %d: loss %.6g", iteration, history[-1])
+            if settings.update_spectra:
+                if self.frobenius:
+                    update_spectra(self.S, self.AtM, self.AtA, settings.free)
+                else:
+                    update_spectra_kl(self.S, self.AtR, self.A_sum, settings.free)
+            self.update_abundance()
+            if self.targeted:
+                self.cuts, self.n_zeroed = threshold_columns(self.A_work, settings.rules, out=self.A)
+                if self.frobenius:
+                    self.AtM[self.targeted] = _kept_rows_product(self.A[:, self.targeted], self.M, settings.block_rows)
+            if self.frobenius:
+                self.AtA = _gram(self.A, self.blocks)
 
-    return _LoopResult(
-        A=A,
-        loss_history=history,
-        n_iter=iteration,
-        converged=converged,
-        cuts=cuts,
-        n_zeroed=n_zeroed,
-        seconds=time.perf_counter() - started,
-        iterations_timed=iteration,
-    )
+        return _LoopResult(
+            A=self.A,
+            loss_history=history,
+            n_iter=iteration,
+            converged=converged,
+            cuts=self.cuts,
+            n_zeroed=self.n_zeroed,
+            seconds=time.perf_counter() - started,
+            iterations_timed=iteration,
+        )
+
+    def frobenius_loss(self) -> float:
+        if self.settings.gram_loss:
+            return frobenius_loss(self.settings.norm_sq, self.AtM, self.AtA, self.S)
+        total = 0.0
+        for rows in self.blocks:
+            total += squared_residual(self.A[rows], self.M[rows], self.S, self.ratio_work[: rows.stop - rows.start])
+        return total
+
+    def kl_statistics(self, divergence: bool) -> float:
+        """Reduce Aᵀ(M ⊘ AS) and the column sums of A over the blocks; return D(M‖AS) when asked."""
+        self.AtR = np.zeros(self.S.shape)
+        self.A_sum = np.zeros(self.S.shape[0])
+        total = 0.0
+        for rows in self.blocks:
+            block_AtR, block_sum, block_divergence = kl_statistics(
+                self.A[rows], self.M[rows], self.S, self.ratio_work[: rows.stop - rows.start], divergence=divergence
+            )
+            self.AtR += block_AtR
+            self.A_sum += block_sum
+            total += block_divergence
+        return max(total, 0.0)
+
+    def update_abundance(self) -> None:
+        if not self.frobenius:
+            for rows in self.blocks:
+                update_abundance_kl(self.A_work[rows], self.M[rows], self.S, self.ratio_work[: rows.stop - rows.start])
+            return
+        # One pass over M: each block's A update and its share of AᵀM read the block while it is in cache.
+        SSt = self.S @ self.S.T
+        self.AtM[...] = 0.0
+        numerator, denominator = self.abundance_work
+        for rows in self.blocks:
+            size = rows.stop - rows.start
+            update_abundance(self.A_work[rows], self.M[rows], self.S, SSt, work=(numerator[:size], denominator[:size]))
+            np.add(self.AtM, self.A_work[rows].T @ self.M[rows], out=self.AtM)
+
+
+def _run_updates(M: np.ndarray, A_work: np.ndarray, S: np.ndarray, settings: _LoopSettings) -> _LoopResult:
+    """Iterate the updates on ``A_work`` and ``S`` in place; return the thresholded A and the loss history."""
+    return _Updater(M, A_work, S, settings).run()
 
 
 # ---------------------------------------------------------------------- input checks
@@ -463,6 +508,10 @@ def _check_spectra_init(
 # ---------------------------------------------------------------------- the estimator
 
 _INIT_METHODS = ("spa", "mean", "random")
+_ABUNDANCE_STARTS = ("constant", "lstsq")
+# A least-squares start is clipped at this fraction of its maximum: a multiplicative update cannot
+# move an entry that starts at 0.
+_LSTSQ_FLOOR = 1e-6
 
 
 class SparseNMF:
@@ -490,9 +539,9 @@ class SparseNMF:
     max_iter : int, default=500
         Maximum number of iterations.
     tol : float, default=1e-5
-        The fit stops when the loss changes by less than ``tol`` times its previous value between
-        two evaluations. The change is taken in absolute value because a threshold step can raise
-        the loss. 0 runs ``max_iter`` iterations.
+        The fit stops when the loss changes, on average per iteration since its previous
+        evaluation, by less than ``tol`` times its previous value. The change is taken in absolute
+        value because a threshold step can raise the loss. 0 runs ``max_iter`` iterations.
     fixed_spectra : sequence of bool, or of component names or indices, optional
         Components whose spectra stay at their initial value (known dye spectra).
     init : {"spa", "mean", "random"}, default="spa"
@@ -500,11 +549,19 @@ class SparseNMF:
         the successive projection algorithm (deterministic), the data's mean spectrum (one component
         only, or components with different sparsity targets), or the mean spectrum times uniform
         random factors in [0.5, 1.5) drawn from ``random_state``.
+    abundance_start : {"constant", "lstsq"}, default="constant"
+        Initial weights when :meth:`fit` gets no ``abundance_init``. "constant": one positive
+        constant, the least-squares scale of the initial spectra's sum to the data (the published
+        method). "lstsq": the least-squares weights for the initial spectra, clipped at 1e-6 of
+        their maximum. The first S update from constant weights pulls every spectrum towards the
+        data's mean shape, so "lstsq" keeps good data-derived spectra (``init="spa"``) where they are.
     random_state : int, numpy.random.Generator or None, default=None
         Seed of the "random" initialisation. Every other step is deterministic.
     loss_every : int or None, default=None
-        Iterations between loss evaluations. None: 1 for Frobenius (the loss costs no pass over M)
-        and 10 for Kullback-Leibler (one extra pass over M with a logarithm per entry).
+        Iterations between loss evaluations. None: 1 for the Frobenius loss on float64 data, which
+        comes from Gram matrices at no cost, else 10. On float32 data the Gram matrices lose too
+        much precision, so the Frobenius loss is computed from the residual, one pass over M; the
+        Kullback-Leibler loss costs a logarithm per entry.
     block_rows : int or None, default=None
         Rows of M per block in the update loop; None sizes a block to about 2 MiB.
 
@@ -557,6 +614,7 @@ class SparseNMF:
         tol: float = 1e-5,
         fixed_spectra: Sequence[bool] | Sequence[str | int] | None = None,
         init: str = "spa",
+        abundance_start: str = "constant",
         random_state: int | np.random.Generator | None = None,
         loss_every: int | None = None,
         block_rows: int | None = None,
@@ -569,6 +627,7 @@ class SparseNMF:
         self.tol = tol
         self.fixed_spectra = fixed_spectra
         self.init = init
+        self.abundance_start = abundance_start
         self.random_state = random_state
         self.loss_every = loss_every
         self.block_rows = block_rows
@@ -576,7 +635,7 @@ class SparseNMF:
     def get_params(self) -> dict[str, Any]:
         """Return the constructor parameters."""
         names = ("n_components", "sparsity", "components", "loss", "max_iter", "tol", "fixed_spectra", "init",
-                 "random_state", "loss_every", "block_rows")  # fmt: skip
+                 "abundance_start", "random_state", "loss_every", "block_rows")  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
     def __repr__(self) -> str:
@@ -606,7 +665,7 @@ class SparseNMF:
             raise ValueError(f"inconsistent number of components: {given}")
         return next(iter(counts.values()))
 
-    def _validate(self, spectra_init: Any) -> tuple[int, list[str], list[Any], np.ndarray, Loss, int]:
+    def _validate(self, spectra_init: Any) -> tuple[int, list[str], list[Any], np.ndarray, Loss]:
         n_components = self._n_components(spectra_init)
         names = [f"component_{p}" for p in range(n_components)] if self.components is None else [str(c) for c in self.components]
         if len(set(names)) != len(names):
@@ -646,8 +705,11 @@ class SparseNMF:
             raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
         if self.init not in _INIT_METHODS:
             raise ValueError(f"init must be one of {', '.join(map(repr, _INIT_METHODS))}, got {self.init!r}")
-        loss_every = self.loss_every or (1 if loss is Loss.FROBENIUS else 10)
-        return n_components, names, rules, fixed, loss, loss_every
+        if self.abundance_start not in _ABUNDANCE_STARTS:
+            raise ValueError(
+                f"abundance_start must be one of {', '.join(map(repr, _ABUNDANCE_STARTS))}, got {self.abundance_start!r}"
+            )
+        return n_components, names, rules, fixed, loss
 
     def _block_rows(self, n_wavelengths: int, itemsize: int) -> int:
         return self.block_rows or max(64, _BLOCK_BYTES // (n_wavelengths * itemsize))
@@ -707,18 +769,22 @@ class SparseNMF:
             raise ValueError(f"M has {M.shape[1]} wavelengths, the model was fitted on {self.n_features_in_}")
         _check_finite(M)
         prepared = _prepare_data(M, None)
-        _, _, rules, _, loss, loss_every = self._validate(self.components_)
+        _, _, rules, _, loss = self._validate(self.components_)
         S = self.components_.astype(M.dtype)
-        settings = self._settings(prepared.M, loss, rules, None, loss_every, update_spectra=False)
+        settings = self._settings(prepared.M, loss, rules, None, update_spectra=False)
         A_work = _constant_abundance(prepared.M, S, settings)
         result = _run_updates(prepared.M, A_work, S, settings)
         self._warn_if_not_converged(result)
         return result.A.copy() if result.A is not A_work else A_work
 
     def _settings(
-        self, M: np.ndarray, loss: Loss, rules: list[Any], free: np.ndarray | None, loss_every: int, update_spectra: bool
+        self, M: np.ndarray, loss: Loss, rules: list[Any], free: np.ndarray | None, update_spectra: bool
     ) -> _LoopSettings:
         block_rows = self._block_rows(M.shape[1], M.dtype.itemsize)
+        # The loss from Gram matrices costs nothing but is exact enough only in float64; the other
+        # losses cost a pass over M, so they are evaluated every 10 iterations by default.
+        gram_loss = loss is Loss.FROBENIUS and M.dtype == np.float64
+        loss_every = self.loss_every or (1 if gram_loss else 10)
         norm_sq, column_sums = _data_moments(M, _row_blocks(M.shape[0], block_rows))
         settings = _LoopSettings(
             loss=loss,
@@ -729,6 +795,7 @@ class SparseNMF:
             tol=float(self.tol),
             loss_every=loss_every,
             block_rows=block_rows,
+            gram_loss=gram_loss,
             norm_sq=norm_sq,
             column_sums=column_sums,
         )
@@ -736,7 +803,7 @@ class SparseNMF:
 
     def _fit(self, M: Any, spectra_init: Any, abundance_init: Any, saturation: Any) -> np.ndarray:
         M = _as_float_matrix(M)
-        n_components, names, rules, fixed, loss, loss_every = self._validate(spectra_init)
+        n_components, names, rules, fixed, loss = self._validate(spectra_init)
         _check_finite(M)
         n_pixels, n_wavelengths = M.shape
         if n_pixels < 2 or n_wavelengths < 1:
@@ -753,8 +820,10 @@ class SparseNMF:
 
         S = self._initial_spectra(data, spectra_init, n_components, names, rules, fixed).astype(M.dtype)
         free = None if not fixed.any() else ~fixed
-        settings = self._settings(data, loss, rules, free, loss_every, update_spectra=True)
-        if abundance_init is None:
+        settings = self._settings(data, loss, rules, free, update_spectra=True)
+        if abundance_init is None and self.abundance_start == "lstsq":
+            A_work = _least_squares_abundance(data, S, settings)
+        elif abundance_init is None:
             A_work = _constant_abundance(data, S, settings)
         else:
             A_work = _check_abundance_init(abundance_init, n_pixels, n_components, M.dtype)
@@ -782,7 +851,7 @@ class SparseNMF:
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
         self.loss_history_ = np.asarray(result.loss_history)
-        self.loss_every_ = loss_every
+        self.loss_every_ = settings.loss_every
         final = result.loss_history[-1]
         self.reconstruction_err_ = float(np.sqrt(final)) if loss is Loss.FROBENIUS else float(final)
         self.thresholds_ = result.cuts
@@ -868,6 +937,20 @@ def _constant_abundance(M: np.ndarray, S: np.ndarray, settings: _LoopSettings) -
         np.full((n_components, n_components), c * c * n_pixels),
     )
     return np.full((n_pixels, n_components), c, dtype=M.dtype)
+
+
+def _least_squares_abundance(M: np.ndarray, S: np.ndarray, settings: _LoopSettings) -> np.ndarray:
+    """Start A at the least-squares weights M Sᵀ (S Sᵀ)⁺ for the initial spectra, clipped at a small positive floor."""
+    S64 = S.astype(np.float64)
+    projector = (np.linalg.pinv(S64 @ S64.T)).astype(M.dtype)
+    A = np.empty((M.shape[0], S.shape[0]), dtype=M.dtype)
+    for rows in _row_blocks(M.shape[0], settings.block_rows):
+        np.matmul(M[rows] @ S.T, projector, out=A[rows])
+    peak = float(A.max())
+    if not peak > 0:
+        raise ValueError("the initial spectra do not overlap the data; no positive least-squares start exists")
+    np.maximum(A, _LSTSQ_FLOOR * peak, out=A)
+    return A
 
 
 def _check_abundance_init(abundance_init: Any, n_pixels: int, n_components: int, dtype: np.dtype) -> np.ndarray:

@@ -22,6 +22,8 @@ import numpy as np
 _MAD_TO_SIGMA = 1.4826
 # An "auto" threshold sits this many noise standard deviations above the column's median.
 AUTO_THRESHOLD_SIGMAS = 3.0
+# Sparsity distances closer than this count as a tie; rounding alone separates them.
+_TIE_TOLERANCE = 1e-12
 
 
 def hoyer_sparsity(a: np.ndarray, axis: int | None = 0) -> float | np.ndarray:
@@ -102,8 +104,8 @@ def sparsity_threshold(column: np.ndarray, target: float) -> Threshold:
     drop (a threshold cannot separate equal values), from k = 1 up to every non-zero entry.
     The sparsity of each cut comes from the cumulative sums of the sorted values and of their squares.
 
-    Tie rule: when two cuts are equally close to the target, the denser one (more entries kept)
-    wins, so that the step never removes more signal than the target asks.
+    Tie rule: when two cuts are equally close to the target (within 1e-12), the denser one (more
+    entries kept) wins, so that the step never removes more signal than the target asks.
 
     Parameters
     ----------
@@ -140,8 +142,9 @@ def sparsity_threshold(column: np.ndarray, target: float) -> Threshold:
     realisable[:-1] = values[:-1] > values[1:]
     candidates = np.flatnonzero(realisable)
     distance = np.abs(cut_sparsity[candidates] - target)
-    # Candidates run from sparse (k = 1) to dense, so the last minimum is the densest cut.
-    best = candidates[len(distance) - 1 - int(np.argmin(distance[::-1]))]
+    # Candidates run from sparse (k = 1) to dense, so the last of the closest is the densest cut.
+    closest = np.flatnonzero(distance <= distance.min() + _TIE_TOLERANCE)
+    best = candidates[closest[-1]]
 
     n_kept = int(best) + 1
     if n_kept == n_nonzero:

@@ -15,6 +15,7 @@ Group attributes: ``components``, ``sparsity_target``, ``sparsity_achieved``, ``
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from fluoscan.acquisition.store import ScanStatus, ScanStore, StoreError, utc_no
 from fluoscan.unmixing.init import initial_spectra, mean_spectrum
 from fluoscan.unmixing.library import LIBRARY_NAMES
 from fluoscan.unmixing.metrics import residual_map
-from fluoscan.unmixing.nmf import SparseNMF
+from fluoscan.unmixing.nmf import DataWarning, SparseNMF
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,11 @@ def _unmix(store: ScanStore, settings: UnmixingConfig, saturation_counts: int | 
         fixed_spectra=[component.fixed for component in chosen],
         random_state=settings.random_state,
     )
-    A = model.fit_transform(M, spectra_init, saturation=saturated)
+    with warnings.catch_warnings():
+        # Read noise leaves some dark-subtracted counts below 0 in every scan; the count is logged
+        # and stored as n_clipped, so the warning would only repeat it.
+        warnings.filterwarnings("ignore", message=r".*negative values", category=DataWarning)
+        A = model.fit_transform(M, spectra_init, saturation=saturated)
 
     abundance = np.full((n_lines, n_points, len(chosen)), np.nan, dtype=np.float32)
     abundance[done] = A.reshape(-1, n_points, len(chosen))
