@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -44,3 +46,40 @@ def check(
                 f"              frame {n_points} points x {n_wavelengths} wavelengths, "
                 f"{wavelengths.min():.1f}..{wavelengths.max():.1f} nm, sensor {camera.temperature_c():.1f} °C"
             )
+
+
+@app.command()
+def simulate(
+    ctx: typer.Context,
+    config: Annotated[
+        Optional[Path], typer.Argument(help="Configuration whose laser, stage and simulation settings to serve; default: built-in defaults.")
+    ] = None,
+    laser_port: Annotated[int, typer.Option(help="TCP port for the laser on 127.0.0.1; 0 picks a free one.")] = 0,
+    laser_pty: Annotated[bool, typer.Option("--laser-pty", help="Serve the laser on a pseudo-terminal instead of TCP.")] = False,
+    stage_link: Annotated[
+        Optional[Path], typer.Option(help="Also make this path a link to the stage's pseudo-terminal, a stable name to configure.")
+    ] = None,
+) -> None:
+    """Serve the simulated laser and stage until Ctrl-C, for scans or people in other processes.
+
+    Prints "laser <VISA resource>" and "stage <serial port>" as soon as each serves. Point a
+    configuration at them with laser.driver = "obis", laser.resource = <VISA resource>,
+    stage.driver = "zaber" and stage.port = <serial port>.
+    """
+    from fluoscan.acquisition.config import FluoscanConfig, load_config
+    from fluoscan.simulators.laser import LaserTransport, serve_laser
+    from fluoscan.simulators.stage import serve_stage
+
+    with handle_errors(ctx):
+        settings = load_config(config) if config is not None else FluoscanConfig()
+        transport = LaserTransport.PTY if laser_pty else LaserTransport.TCP
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: stop.set())
+        with serve_laser(settings, transport=transport, port=laser_port) as laser:
+            typer.echo(f"laser {laser.resource}")
+            with serve_stage(settings, link_path=stage_link) as stage:
+                typer.echo(f"stage {stage_link or stage.port}")
+                typer.echo("serving until Ctrl-C", err=True)
+                stop.wait()
+        typer.echo("stopped", err=True)

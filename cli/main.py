@@ -34,6 +34,8 @@ def _setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
         force=True,
     )
+    # numba (imported by pylablib) logs every compiler pass at debug level.
+    logging.getLogger("numba").setLevel(logging.WARNING)
     if not verbose:
         # Third-party libraries speak only when something is wrong.
         for name in ("pyvisa", "asyncio", "numcodecs", "zarr", "matplotlib", "distributed", "PIL"):
