@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 _BLOCK_LINES = 32
 # Most sparsity targets drawn as map columns; more would shrink each map below readability.
 _MAX_SWEEP_COLUMNS = 6
+# After the last line is queued, the preview waits this long for the writer to store it.
+FINAL_WAIT_S = 10.0
+_FINAL_POLL_S = 0.1
 
 
 def default_report_dir(store_path: str | Path) -> Path:
@@ -540,7 +544,9 @@ class PreviewWriter:
     store_path : path
         The store the scan writes.
     every : int
-        Redraw after every ``every`` lines, and after the store's last line.
+        Redraw after every ``every`` lines, and after the store's last line. The drawing after the
+        last line waits up to :data:`FINAL_WAIT_S` for the writer to store every line, and the
+        program's exit waits for that drawing (its thread is not a daemon).
     """
 
     def __init__(self, store_path: str | Path, every: int) -> None:
@@ -555,16 +561,22 @@ class PreviewWriter:
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._pending = False
+        self._last_line_queued = False
         self._store: ScanStore | None = None
         self._image = np.empty((0, 0))
         self._dark_mean: np.ndarray | None = None
         self._read = np.zeros(0, dtype=bool)
 
     def __call__(self, line_index: int) -> None:
-        self._calls += 1
-        if self._calls % self.every and line_index != (self._n_lines or 0) - 1:
-            return
         try:
+            self._calls += 1
+            if self._store is None:
+                # Opening reads only metadata, and it tells which line is the last one.
+                self._open()
+            if line_index == self._n_lines - 1:
+                self._last_line_queued = True
+            elif self._calls % self.every:
+                return
             with self._lock:
                 if self._worker is not None:
                     self._pending = True
@@ -593,6 +605,10 @@ class PreviewWriter:
         while True:
             try:
                 self.draw()
+                if self._last_line_queued and self._wait_for_unread_lines():
+                    # The scan calls the preview when a line is queued for the writer, so the last
+                    # lines reach the disk after the last call: draw once more when they have.
+                    self.draw()
             except Exception as exc:  # noqa: BLE001 - logged; the next request tries again
                 self._log_failure(exc)
             with self._lock:
@@ -601,9 +617,19 @@ class PreviewWriter:
                     return
                 self._pending = False
 
+    def _wait_for_unread_lines(self) -> bool:
+        """Wait until every line is written, up to FINAL_WAIT_S; return True if any line is unread."""
+        deadline = time.monotonic() + FINAL_WAIT_S
+        done = self._store.line_done()
+        while not done.all() and time.monotonic() < deadline:
+            time.sleep(_FINAL_POLL_S)
+            done = self._store.line_done()
+        return bool((done & ~self._read).any())
+
     def _log_failure(self, exc: Exception) -> None:
         self._failures += 1
-        log.warning("scan preview %s not updated (failure %d): %s", self.path, self._failures, exc)
+        level = logging.WARNING if self._failures == 1 or self._failures % 100 == 0 else logging.DEBUG
+        log.log(level, "scan preview %s not updated (failure %d): %s", self.path, self._failures, exc)
 
     def _open(self) -> ScanStore:
         if self._store is None:

@@ -398,3 +398,23 @@ def test_pearson_r(a, b, expected):
 
 def test_pearson_r_constant_map():
     assert np.isnan(pearson_r(np.ones(5), np.arange(5.0)))
+
+
+def test_preview_waits_for_last_line(tmp_path):
+    store = make_store(tmp_path / "s.zarr", lines_done=N_LINES - 1, status=ScanStatus.ACQUIRING)
+    preview = PreviewWriter(store.path, every=1000)
+    preview(N_LINES - 1)
+    store.write_line(N_LINES - 1, np.full((N_POINTS, N_WAVELENGTHS), 700, np.uint16), y_mm=20.0, time_s=0.0, laser_power_mw=40.0)
+    assert preview.wait(10.0)
+    assert preview_path(store.path).is_file()
+    np.testing.assert_allclose(preview.image[-1], 200.0)
+    assert np.all(np.isfinite(preview.image))
+
+
+def test_preview_skips_lines_between_intervals(tmp_path):
+    store = make_store(tmp_path / "s.zarr", status=ScanStatus.ACQUIRING)
+    preview = PreviewWriter(store.path, every=1000)
+    for index in range(N_LINES - 1):
+        preview(index)
+    assert preview.wait(10.0)
+    assert not preview_path(store.path).exists()
