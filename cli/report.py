@@ -184,6 +184,7 @@ def read_unmixing(store: ScanStore) -> Unmixing | None:
         n_components = abundance.shape[-1]
     elif spectra is not None:
         n_components = spectra.shape[0]
+
     result = Unmixing(names=component_names(group, n_components), attrs=dict(group.attrs))
     result.abundance, result.spectra = abundance, spectra
     if abundance is not None:
@@ -195,6 +196,7 @@ def read_unmixing(store: ScanStore) -> Unmixing | None:
     result.loss = _array(group, "loss")
     if result.loss is not None:
         result.loss_attrs = dict(group["loss"].attrs)
+
     if "sweep" in group:
         sweep = group["sweep"]
         if all(name in sweep for name in ("targets", "n_zeroed", "spectra_distance")):
@@ -337,10 +339,10 @@ def _sweep_figures(unmixing: Unmixing, map_axes: MapAxes, output: Path) -> list[
     entries = [FigureEntry("sweep.png", "Sparsity sweep: zeroed pixels and spectra distance against the target.")]
     if sweep.abundance is None:
         return entries
-    shown = np.unique(np.linspace(0, len(sweep.targets) - 1, min(len(sweep.targets), _MAX_SWEEP_COLUMNS)).round().astype(int))
-    maps = [[sweep.abundance[target, ..., index] for target in shown] for index in range(len(unmixing.names))]
-    titles = [[f"target {sweep.targets[target]:.2f}" if index == 0 else "" for target in shown] for index in range(len(unmixing.names))]
-    subset = "" if len(shown) == len(sweep.targets) else f" ({len(shown)} of {len(sweep.targets)} targets)"
+    target_columns = np.unique(np.linspace(0, len(sweep.targets) - 1, min(len(sweep.targets), _MAX_SWEEP_COLUMNS)).round().astype(int))
+    maps = [[sweep.abundance[target, ..., index] for target in target_columns] for index in range(len(unmixing.names))]
+    titles = [[f"target {sweep.targets[target]:.2f}" if index == 0 else "" for target in target_columns] for index in range(len(unmixing.names))]
+    subset = "" if len(target_columns) == len(sweep.targets) else f" ({len(target_columns)} of {len(sweep.targets)} targets)"
     figures.plot_map_grid(
         maps, titles, map_axes, output / "sweep_maps.png",
         colour_label=f"abundance ({unmixing.abundance_units})", suptitle=f"Abundance per sparsity target{subset}",
@@ -537,7 +539,7 @@ class PreviewWriter:
     starts a drawing thread and returns, so the scan loop does not wait for matplotlib. A drawing
     took 0.1 to 0.3 s on a 2-core test machine. Requests made while a drawing runs are merged
     into one more drawing. Each drawing reads only the lines written since the previous one.
-    Failures are logged, never raised: a preview must not stop a scan.
+    A call logs its failures and never raises them into the scan.
 
     Parameters
     ----------
@@ -571,7 +573,7 @@ class PreviewWriter:
         try:
             self._calls += 1
             if self._store is None:
-                # Opening reads only metadata, and it tells which line is the last one.
+                # Opening reads only metadata, and it gives the index of the last line.
                 self._open()
             if line_index == self._n_lines - 1:
                 self._last_line_queued = True
