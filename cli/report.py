@@ -395,7 +395,7 @@ def _truth_figures(store: ScanStore, unmixing: Unmixing, map_axes: MapAxes, outp
         colour_label="abundance (a.u.)", suptitle="Ground truth (top) and unmixed abundance (bottom)",
         row_labels=["truth", "unmixed"],
     )
-    return [FigureEntry("truth.png", "Ground truth of the simulated phantom beside the unmixed maps.")]
+    return [FigureEntry("truth.png", "Ground truth of the simulated phantom (top) above the unmixed maps (bottom).")]
 
 
 # ---------------------------------------------------------------------------------- index.html
@@ -456,8 +456,19 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table>{cells}</table>"
 
 
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, (list, tuple)):
+        return [_rounded(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    return value
+
+
 def _json_value(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    """Write an attribute for the page: strings as they are, anything else as JSON with 4 significant digits."""
+    return value if isinstance(value, str) else json.dumps(_rounded(value))
 
 
 def write_index(path: Path, store: ScanStore, entries: list[FigureEntry], unmixing_attrs: dict[str, Any] | None) -> Path:
