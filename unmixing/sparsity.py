@@ -24,6 +24,8 @@ _MAD_TO_SIGMA = 1.4826
 AUTO_THRESHOLD_SIGMAS = 3.0
 # Sparsity distances closer than this count as a tie; rounding alone separates them.
 _TIE_TOLERANCE = 1e-12
+# Fewest of a column's largest entries that the threshold search sorts first.
+_MIN_TOP = 256
 
 
 def hoyer_sparsity(a: np.ndarray, axis: int | None = 0) -> float | np.ndarray:
@@ -107,6 +109,10 @@ def sparsity_threshold(column: np.ndarray, target: float) -> Threshold:
     Tie rule: when two cuts are equally close to the target (within 1e-12), the denser one (more
     entries kept) wins, so that the step never removes more signal than the target asks.
 
+    The sparsity of a cut depends only on the entries it keeps and falls as k grows, so a high
+    target needs only the largest entries: they are taken with a partition and sorted, and the
+    search widens (eventually to a full sort) until no larger k can be as close to the target.
+
     Parameters
     ----------
     column : ndarray of shape (X,)
@@ -125,33 +131,49 @@ def sparsity_threshold(column: np.ndarray, target: float) -> Threshold:
         raise ValueError(f"a sparsity threshold needs a column of at least 2 entries, got {length}")
     if not 0.0 <= target <= 1.0:
         raise ValueError(f"sparsity target must be in [0, 1], got {target!r}")
-
-    values = np.sort(column.astype(np.float64, copy=False))[::-1]
-    n_nonzero = int(np.count_nonzero(values > 0))
+    n_nonzero = int(np.count_nonzero(column > 0))
     if n_nonzero == 0:
         return Threshold(threshold=0.0, beta=np.inf, n_kept=0, sparsity=np.nan)
-    values = values[:n_nonzero]
 
-    l1 = np.cumsum(values)
-    l2 = np.sqrt(np.cumsum(values * values))
     root = np.sqrt(length)
-    cut_sparsity = (root - l1 / l2) / (root - 1.0)
+    # k entries of equal value have sparsity (√X − √k) / (√X − 1); real columns need a few times more.
+    n_top = int(max(_MIN_TOP, 4 * (root - target * (root - 1.0)) ** 2))
+    while True:
+        exhaustive = n_top + 1 >= n_nonzero
+        if exhaustive:
+            top = np.sort(column[column > 0])[::-1]
+        else:
+            top = np.sort(np.partition(column, length - n_top - 1)[length - n_top - 1 :])[::-1]
+        top = top.astype(np.float64)
+        cut_sparsity = (root - np.cumsum(top) / np.sqrt(np.cumsum(top * top))) / (root - 1.0)
 
-    # A cut after position k is realisable only where the next value is strictly smaller.
-    realisable = np.ones(n_nonzero, dtype=bool)
-    realisable[:-1] = values[:-1] > values[1:]
-    candidates = np.flatnonzero(realisable)
-    distance = np.abs(cut_sparsity[candidates] - target)
-    # Candidates run from sparse (k = 1) to dense, so the last of the closest is the densest cut.
-    closest = np.flatnonzero(distance <= distance.min() + _TIE_TOLERANCE)
-    best = candidates[closest[-1]]
+        # A cut after the k-th value is realisable only where the next value is strictly smaller;
+        # keeping every non-zero entry is always realisable.
+        n_cuts = top.size if exhaustive else n_top
+        realisable = np.ones(n_cuts, dtype=bool)
+        realisable[: top.size - 1] = top[:n_cuts][: top.size - 1] > top[1 : n_cuts + 1]
+        candidates = np.flatnonzero(realisable)
+        if candidates.size == 0:  # the largest values are all equal: look further
+            n_top *= 8
+            continue
+        distance = np.abs(cut_sparsity[candidates] - target)
+        # Candidates run from sparse (k = 1) to dense, so the last of the closest is the densest cut.
+        closest = np.flatnonzero(distance <= distance.min() + _TIE_TOLERANCE)
+        best = int(candidates[closest[-1]])
+        if exhaustive:
+            break
+        # Every larger cut is sparser than the one after the n_top-th value, hence farther away.
+        beyond = target - cut_sparsity[n_top]
+        if beyond > distance[closest[-1]] + _TIE_TOLERANCE:
+            break
+        n_top *= 8
 
-    n_kept = int(best) + 1
+    n_kept = best + 1
     if n_kept == n_nonzero:
         threshold, beta = 0.0, np.inf
     else:
-        threshold = float(values[best])
-        beta = float(values[0] / threshold)
+        threshold = float(top[best])
+        beta = float(top[0] / threshold)
     return Threshold(threshold=threshold, beta=beta, n_kept=n_kept, sparsity=float(np.clip(cut_sparsity[best], 0.0, 1.0)))
 
 
@@ -191,10 +213,8 @@ def apply_threshold(column: np.ndarray, cut: Threshold, out: np.ndarray) -> int:
     if cut.threshold <= 0:
         out[...] = column
         return 0
-    below = column < cut.threshold
-    np.copyto(out, column)
-    out[below] = 0
-    return int(np.count_nonzero(column[below]))
+    np.multiply(column, column >= cut.threshold, out=out)
+    return int(np.count_nonzero(column)) - cut.n_kept
 
 
 def threshold_columns(

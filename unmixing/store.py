@@ -49,6 +49,8 @@ def unmix_store(
     overwrite: bool = True,
     force: bool = False,
     saturation_counts: int | None = None,
+    abundance_start: str = "constant",
+    n_jobs: int | None = -1,
 ) -> Path:
     """Unmix the cube of a scan store with sparse NMF and write ``unmixing/`` into the store.
 
@@ -73,6 +75,11 @@ def unmix_store(
     saturation_counts : int, optional
         Raw count at which the camera saturates. Default: the largest value of an integer ``raw``
         dtype (65535 for uint16); no saturation for float data.
+    abundance_start : {"constant", "lstsq"}, default="constant"
+        Initial weights (see :class:`~fluoscan.unmixing.SparseNMF`): one positive constant, as in the
+        published method, or the least-squares weights for the initial spectra.
+    n_jobs : int or None, default=-1
+        Threads for the passes over the cube (see :class:`~fluoscan.unmixing.SparseNMF`); -1 uses every core.
 
     Returns
     -------
@@ -100,11 +107,13 @@ def unmix_store(
         if GROUP in store.group and not overwrite:
             raise StoreError(f"store {path} already has an {GROUP}/ group; pass overwrite=True to replace it")
         settings = _unmixing_settings(store, components, sparsity, max_iter, tol, loss)
-        _unmix(store, settings, saturation_counts)
+        _unmix(store, settings, saturation_counts, abundance_start=abundance_start, n_jobs=n_jobs)
     return path
 
 
-def _unmix(store: ScanStore, settings: UnmixingConfig, saturation_counts: int | None) -> None:
+def _unmix(
+    store: ScanStore, settings: UnmixingConfig, saturation_counts: int | None, *, abundance_start: str, n_jobs: int | None
+) -> None:
     chosen = list(settings.components)
     names = [component.name for component in chosen]
     n_lines, n_points, n_wavelengths = store.shape
@@ -139,6 +148,8 @@ def _unmix(store: ScanStore, settings: UnmixingConfig, saturation_counts: int | 
         tol=settings.tol,
         fixed_spectra=[component.fixed for component in chosen],
         random_state=settings.random_state,
+        abundance_start=abundance_start,
+        n_jobs=n_jobs,
     )
     with warnings.catch_warnings():
         # Read noise leaves some dark-subtracted counts below 0 in every scan; the count is logged
@@ -288,6 +299,7 @@ def _write_result(
             "max_iter": settings.max_iter,
             "tol": settings.tol,
             "random_state": settings.random_state,
+            "abundance_start": model.abundance_start,
             "spectrum_init": [component.spectrum for component in chosen],
             "fixed": [component.fixed for component in chosen],
             "reconstruction_err": float(model.reconstruction_err_),

@@ -222,3 +222,19 @@ def test_get_params_and_repr():
     model = SparseNMF(3, sparsity=0.5, loss="kullback-leibler")
     assert model.get_params()["sparsity"] == 0.5
     assert repr(model) == "SparseNMF(n_components=3, sparsity=0.5, loss='kullback-leibler')"
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("sparsity", [None, [None, 0.6, "auto"]])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_threads_give_the_same_fit(loss, sparsity, dtype):
+    M, _, _ = separable_product(500, 20, 3, seed=15)
+    M = M.astype(dtype)
+    fits = []
+    for n_jobs in (None, 3):
+        model = SparseNMF(3, loss=loss, sparsity=sparsity, max_iter=40, tol=0, block_rows=64, n_jobs=n_jobs)
+        fits.append((model.fit_transform(M), model.components_, model.loss_history_))
+    tolerance = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(fits[1][1], fits[0][1], rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(fits[1][0], fits[0][0], rtol=tolerance, atol=tolerance * M.max())
+    np.testing.assert_allclose(fits[1][2], fits[0][2], rtol=tolerance)

@@ -33,6 +33,7 @@ def data():
         ({"n_components": 2, "block_rows": 0}, r"block_rows must be an integer >= 1, got 0"),
         ({"n_components": 2, "init": "nndsvd"}, r"init must be one of 'spa', 'mean', 'random', got 'nndsvd'"),
         ({"n_components": 2, "abundance_start": "zeros"}, r"abundance_start must be one of 'constant', 'lstsq', got 'zeros'"),
+        ({"n_components": 2, "n_jobs": 0}, r"n_jobs must be a positive integer, -1 \(one per core\) or None, got 0"),
         ({"n_components": 2, "fixed_spectra": ["dye"]}, r"fixed_spectra names unknown component 'dye'"),
         ({"n_components": 2, "fixed_spectra": [5]}, r"fixed_spectra names unknown component 5"),
     ],

@@ -87,6 +87,52 @@ def test_threshold_matches_brute_force(seed, target):
     assert cut.n_kept == best_kept
 
 
+def _full_sort_threshold(column, target):
+    """Return (n_kept, sparsity) of the closest realisable cut, from one full sort (the reference)."""
+    values = np.sort(column[column > 0].astype(np.float64))[::-1]
+    root = np.sqrt(column.size)
+    sparsity = (root - np.cumsum(values) / np.sqrt(np.cumsum(values**2))) / (root - 1.0)
+    realisable = np.append(values[:-1] > values[1:], True)
+    distance = np.where(realisable, np.abs(sparsity - target), np.inf)
+    best = np.flatnonzero(distance <= distance.min() + 1e-12)[-1]
+    return best + 1, sparsity[best]
+
+
+def _heavy_tail(rng, size):
+    return rng.pareto(1.5, size)
+
+
+def _spikes_on_floor(rng, size):
+    column = rng.uniform(0.001, 1.0, size)
+    column[rng.choice(size, 20, replace=False)] = 1000.0
+    return column
+
+
+def _rounded(rng, size):
+    return np.round(rng.exponential(1.0, size), 1)
+
+
+def _constant_with_bump(rng, size):
+    column = np.full(size, 2.0)
+    column[: size // 10] = 3.0
+    return column
+
+
+@pytest.mark.parametrize("make", [_heavy_tail, _spikes_on_floor, _rounded, _constant_with_bump])
+@pytest.mark.parametrize("target", [0.3, 0.7, 0.9, 0.99])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_threshold_on_long_columns_matches_full_sort(make, target, dtype):
+    # Long columns take the partition path, and spikes on a floor make it widen its search.
+    column = make(np.random.default_rng(11), 100_000).astype(dtype)
+    cut = sparsity_threshold(column, target)
+    n_kept, sparsity = _full_sort_threshold(column, target)
+    assert cut.n_kept == n_kept
+    assert cut.sparsity == pytest.approx(sparsity, abs=1e-12)
+    out = np.empty_like(column)
+    apply_threshold(column, cut, out)
+    assert np.count_nonzero(out) == n_kept
+
+
 @pytest.mark.parametrize("target", [0.6, 0.75, 0.9])
 def test_threshold_cut_reaches_reported_sparsity(target):
     column = np.random.default_rng(3).random(200) ** 4
