@@ -179,8 +179,8 @@ def initial_spectra(
     """Build the initial spectra of every component, one source per component.
 
     Components with source ``"auto"`` get the spectra of the data's purest pixels
-    (:func:`endmember_spectra`); when several components ask for ``"auto"``, SPA picks as many pixels
-    and they are handed out in the order picked.
+    (:func:`endmember_spectra`). When several components request ``"auto"``, SPA picks as many
+    pixels, which go to those components in the order picked.
 
     Returns
     -------
@@ -205,11 +205,11 @@ def initial_spectra(
     return spectra
 
 
-def _scaled_to_peak(spectrum: np.ndarray | None, what: str) -> np.ndarray:
+def _scaled_to_peak(spectrum: np.ndarray | None, description: str) -> np.ndarray:
     if spectrum is None:
-        raise ValueError(f"{what} is needed but was not given")
+        raise ValueError(f"{description} is needed but missing")
     spectrum = np.clip(np.asarray(spectrum, dtype=np.float64), 0.0, None)
     peak = spectrum.max(initial=0.0)
     if not np.isfinite(peak) or peak <= 0:
-        raise ValueError(f"{what} is zero or not finite everywhere; it cannot start a non-negative fit")
+        raise ValueError(f"{description} is zero or not finite everywhere; it cannot start a non-negative fit")
     return spectrum / peak

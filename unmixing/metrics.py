@@ -1,8 +1,8 @@
 """Scores of an unmixing result against a reference: spectral angles, matching, map errors, residuals.
 
-Estimated components come out of NMF in an arbitrary order and scale, so they are first matched to
-the reference components by spectral angle (:func:`match_components`); angles and correlations do
-not depend on scale.
+Estimated components come out of NMF in an arbitrary order and scale. So they are first matched to
+the reference components by spectral angle (:func:`match_components`), and the scores used here
+(angles, unit-sum abundances, correlations) do not depend on scale.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ The Hoyer sparsity of a non-negative vector ``a`` of length X is
 which is 0 for a constant vector and 1 for a vector with a single non-zero entry.
 
 The sparse NMF step zeroes the entries of a column below ``max(a) / β``. Keeping the k largest
-entries gives a sparsity that rises as k falls, so the exact β is found by sorting the column once
-and evaluating the sparsity of every cut from cumulative sums of values and of squares: O(X log X),
-no grid search over β.
+entries gives a sparsity that rises as k falls. So the exact β comes from sorting the column once
+and evaluating the sparsity of every cut from cumulative sums of values and of squares, in
+O(X log X) and with no grid search over β.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def sparsity_threshold(column: np.ndarray, target: float) -> Threshold:
     The sparsity of each cut comes from the cumulative sums of the sorted values and of their squares.
 
     Tie rule: when two cuts are equally close to the target (within 1e-12), the denser one (more
-    entries kept) wins, so that the step never removes more signal than the target asks.
+    entries kept) wins, so that the step never removes more signal than the target requires.
 
     The sparsity of a cut depends only on the entries it keeps and falls as k grows, so a high
     target needs only the largest entries: they are taken with a partition and sorted, and the
@@ -185,7 +185,7 @@ def noise_threshold(column: np.ndarray) -> Threshold:
     few bright target pixels, so the median and its spread describe the background.
 
     NOTE: this is a heuristic for choosing the sparsity without a hand-set target, not part of the
-    published method; it assumes that fewer than half of the pixels carry the marker.
+    published method. It assumes that fewer than half of the pixels carry the marker.
     """
     column = np.asarray(column, dtype=np.float64)
     peak = float(column.max(initial=0.0))

@@ -93,7 +93,7 @@ def unmix_store(
     ConfigError
         If the store's unmixing configuration is invalid.
     ValueError
-        If the data or the settings cannot be fitted; the message says why.
+        If the data or the settings cannot be fitted; the message gives the reason.
     """
     path = Path(path)
     # Leaving the block consolidates the store's metadata again, so that readers see unmixing/.
@@ -152,7 +152,7 @@ def _unmix(
         n_jobs=n_jobs,
     )
     with warnings.catch_warnings():
-        # Read noise leaves some dark-subtracted counts below 0 in every scan; the count is logged
+        # Read noise leaves some dark-subtracted counts below 0 in every scan. Their count is logged
         # and stored as n_clipped, so the warning would only repeat it.
         warnings.filterwarnings("ignore", message=r".*negative values", category=DataWarning)
         A = model.fit_transform(M, spectra_init, saturation=saturated)
