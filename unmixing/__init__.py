@@ -13,7 +13,7 @@ from fluoscan.unmixing.metrics import (
 )
 from fluoscan.unmixing.nmf import ConvergenceWarning, DataWarning, Loss, SparseNMF
 from fluoscan.unmixing.sparsity import hoyer_sparsity
-from fluoscan.unmixing.store import unmix_store
+from fluoscan.unmixing.store import sweep_sparsity, unmix_store
 
 __all__ = [
     "ConvergenceWarning",
@@ -26,5 +26,6 @@ __all__ = [
     "match_components",
     "residual_map",
     "spectral_angle",
+    "sweep_sparsity",
     "unmix_store",
 ]

@@ -10,6 +10,9 @@ Written arrays (float32 unless noted), each with ``dimension_names``:
 
 Group attributes: ``components``, ``sparsity_target``, ``sparsity_achieved``, ``n_iter``,
 ``converged`` and the parameters used (see :func:`unmix_store`).
+
+:func:`sweep_sparsity` adds ``unmixing/sweep/``: one fit per sparsity target, with the entries
+zeroed and the distance of each fitted spectrum from its initialisation.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,7 @@ from fluoscan.acquisition.config import ComponentConfig, ConfigError, UnmixingCo
 from fluoscan.acquisition.store import ScanStatus, ScanStore, StoreError, utc_now
 from fluoscan.unmixing.init import initial_spectra, mean_spectrum
 from fluoscan.unmixing.library import LIBRARY_NAMES
-from fluoscan.unmixing.metrics import residual_map
+from fluoscan.unmixing.metrics import residual_map, spectral_angle
 from fluoscan.unmixing.nmf import DataWarning, SparseNMF
 
 log = logging.getLogger(__name__)
@@ -111,16 +115,146 @@ def unmix_store(
     return path
 
 
-def _unmix(
-    store: ScanStore, settings: UnmixingConfig, saturation_counts: int | None, *, abundance_start: str, n_jobs: int | None
+def sweep_sparsity(
+    path: str | Path,
+    targets: Sequence[float],
+    *,
+    swept: Sequence[str] | None = None,
+    components: Sequence[ComponentConfig] | Sequence[str] | None = None,
+    max_iter: int | None = None,
+    tol: float | None = None,
+    loss: str | None = None,
+    force: bool = False,
+    saturation_counts: int | None = None,
+    abundance_start: str = "constant",
+    n_jobs: int | None = -1,
+    keep_abundance: bool = True,
+) -> Path:
+    """Unmix a store once per sparsity target and write the trends into ``unmixing/sweep/``.
+
+    Raising a marker's target zeroes more of its weight map and keeps its fitted spectrum closer to
+    its initialisation. The sweep records both, so that a target can be chosen from the curves
+    instead of by trial. The main result in ``unmixing/`` is left as it is.
+
+    Written arrays: ``targets`` (target,), ``n_zeroed`` (target, component): entries set to 0 by the
+    last threshold step, ``spectra_distance`` (target, component): spectral angle in radians between
+    the fitted and the initial spectrum, and with ``keep_abundance`` ``abundance`` (target, y, x,
+    component) float32.
+
+    Parameters
+    ----------
+    path : path
+        The scan store.
+    targets : sequence of float
+        Sparsity targets in [0, 1], applied in turn to every swept component.
+    swept : sequence of str, optional
+        Components whose target is swept. Default: those with a sparsity target in the configuration
+        (the markers); the others keep their own setting.
+    components, max_iter, tol, loss, force, saturation_counts, abundance_start, n_jobs
+        As for :func:`unmix_store`.
+    keep_abundance : bool, default=True
+        Also store the abundance maps of every target.
+
+    Returns
+    -------
+    Path
+        The store's path.
+    """
+    path = Path(path)
+    targets = [float(target) for target in targets]
+    if not targets or not all(0.0 <= target <= 1.0 for target in targets):
+        raise ValueError(f"sparsity sweep targets must be numbers in [0, 1], got {targets}")
+    with ScanStore.open(path, "r+") as store:
+        if store.status is not ScanStatus.COMPLETE and not force:
+            raise StoreError(
+                f"store {path} has status {store.status.value!r}, not 'complete'; pass force=True to sweep "
+                "the lines acquired so far"
+            )
+        settings = _unmixing_settings(store, components, None, max_iter, tol, loss)
+        names = [component.name for component in settings.components]
+        if swept is None:
+            swept = [component.name for component in settings.components if component.sparsity is not None]
+        unknown = [name for name in swept if name not in names]
+        if unknown or not swept:
+            raise ValueError(f"components to sweep must be some of {names}, got {list(swept)}")
+
+        problem = _read_problem(store, settings, saturation_counts)
+        n_zeroed = np.zeros((len(targets), len(names)), dtype=np.int64)
+        distance = np.zeros((len(targets), len(names)))
+        abundance = []
+        for index, target in enumerate(targets):
+            sparsity = [target if c.name in swept else c.sparsity for c in settings.components]
+            log.info("sparsity sweep of %s: target %g for %s", path, target, list(swept))
+            model, A = _fit(problem, settings, sparsity, abundance_start=abundance_start, n_jobs=n_jobs)
+            n_zeroed[index] = model.n_zeroed_
+            distance[index] = spectral_angle(model.components_, problem.spectra_init)
+            if keep_abundance:
+                abundance.append(problem.to_map(A))
+        _write_sweep(store, targets, names, list(swept), n_zeroed, distance, abundance)
+    return path
+
+
+def _write_sweep(
+    store: ScanStore,
+    targets: list[float],
+    names: list[str],
+    swept: list[str],
+    n_zeroed: np.ndarray,
+    distance: np.ndarray,
+    abundance: list[np.ndarray],
 ) -> None:
-    chosen = list(settings.components)
-    names = [component.name for component in chosen]
+    sweep = store.group.require_group(GROUP).create_group("sweep", overwrite=True)
+    arrays = {
+        "targets": (np.asarray(targets), ["target"], {"long_name": "sparsity target"}),
+        "n_zeroed": (n_zeroed, ["target", "component"], {"long_name": "entries set to 0 by the last threshold step"}),
+        "spectra_distance": (
+            distance,
+            ["target", "component"],
+            {"units": "rad", "long_name": "spectral angle between fitted and initial spectrum"},
+        ),
+    }
+    if abundance:
+        arrays["abundance"] = (np.stack(abundance), ["target", "y", "x", "component"], {"long_name": "component weights A"})
+    for name, (values, dims, attrs) in arrays.items():
+        array = sweep.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape, dimension_names=dims)
+        array[...] = values
+        array.attrs.update(attrs)
+    sweep.attrs.update({"components": names, "swept": swept, "created": utc_now()})
+    log.info("wrote %s/%s/sweep: %d targets for %s", store.path, GROUP, len(targets), swept)
+
+
+@dataclass
+class _Problem:
+    """A store's cube prepared for fitting: the acquired pixels, their saturated entries and the initial spectra."""
+
+    M: np.ndarray  # (acquired lines · points, wavelengths), counts minus dark
+    done: np.ndarray  # (lines,) bool
+    saturated: np.ndarray | None  # like M, bool
+    spectra_init: np.ndarray  # (components, wavelengths)
+    components: list[ComponentConfig]
+    n_lines: int
+    n_points: int
+
+    @property
+    def names(self) -> list[str]:
+        return [component.name for component in self.components]
+
+    def to_map(self, values: np.ndarray) -> np.ndarray:
+        """Place per-pixel values (acquired pixels, ...) on the (y, x, ...) grid, NaN on lines never acquired."""
+        grid = np.full((self.n_lines, self.n_points, *values.shape[1:]), np.nan, dtype=np.float32)
+        grid[self.done] = values.reshape(-1, self.n_points, *values.shape[1:])
+        return grid
+
+
+def _read_problem(store: ScanStore, settings: UnmixingConfig, saturation_counts: int | None) -> _Problem:
+    components = list(settings.components)
     n_lines, n_points, n_wavelengths = store.shape
     done = store.line_done()
     if not done.any():
         raise StoreError(f"store {store.path} has no acquired line to unmix")
-    log.info("unmixing %s: %d of %d lines, components %s", store.path, int(done.sum()), n_lines, names)
+    log.info(
+        "unmixing %s: %d of %d lines, components %s", store.path, int(done.sum()), n_lines, [c.name for c in components]
+    )
 
     cube = store.read_cube(subtract_dark=True, dtype=np.float32)
     cube = cube if done.all() else cube[done]
@@ -131,22 +265,28 @@ def _unmix(
         if not saturated.any():
             saturated = None
 
-    reference_mean = _reference_mean(store) if any(c.spectrum == "reference" for c in chosen) else None
+    reference_mean = _reference_mean(store) if any(c.spectrum == "reference" for c in components) else None
     spectra_init = initial_spectra(
-        [component.spectrum for component in chosen],
+        [component.spectrum for component in components],
         M,
         store.wavelengths_nm(),
         reference_mean=reference_mean,
         base_dir=store.path.parent,
     )
+    return _Problem(M, done, saturated, spectra_init, components, n_lines, n_points)
+
+
+def _fit(
+    problem: _Problem, settings: UnmixingConfig, sparsity: list[Any], *, abundance_start: str, n_jobs: int | None
+) -> tuple[SparseNMF, np.ndarray]:
     model = SparseNMF(
-        len(chosen),
-        sparsity=[component.sparsity for component in chosen],
-        components=names,
+        len(problem.components),
+        sparsity=sparsity,
+        components=problem.names,
         loss=settings.loss,
         max_iter=settings.max_iter,
         tol=settings.tol,
-        fixed_spectra=[component.fixed for component in chosen],
+        fixed_spectra=[component.fixed for component in problem.components],
         random_state=settings.random_state,
         abundance_start=abundance_start,
         n_jobs=n_jobs,
@@ -155,14 +295,20 @@ def _unmix(
         # Read noise leaves some dark-subtracted counts below 0 in every scan. Their count is logged
         # and stored as n_clipped, so the warning would only repeat it.
         warnings.filterwarnings("ignore", message=r".*negative values", category=DataWarning)
-        A = model.fit_transform(M, spectra_init, saturation=saturated)
+        A = model.fit_transform(problem.M, problem.spectra_init, saturation=problem.saturated)
+    return model, A
 
-    abundance = np.full((n_lines, n_points, len(chosen)), np.nan, dtype=np.float32)
-    abundance[done] = A.reshape(-1, n_points, len(chosen))
-    residual = np.full((n_lines, n_points), np.nan, dtype=np.float32)
-    residual[done] = residual_map(M, A, model.components_).reshape(-1, n_points)
-    _write_result(store, model, chosen, settings, abundance, residual)
-    store.write_group_coordinates(GROUP, names)
+
+def _unmix(
+    store: ScanStore, settings: UnmixingConfig, saturation_counts: int | None, *, abundance_start: str, n_jobs: int | None
+) -> None:
+    problem = _read_problem(store, settings, saturation_counts)
+    sparsity = [component.sparsity for component in problem.components]
+    model, A = _fit(problem, settings, sparsity, abundance_start=abundance_start, n_jobs=n_jobs)
+    abundance = problem.to_map(A)
+    residual = problem.to_map(residual_map(problem.M, A, model.components_))
+    _write_result(store, model, problem.components, settings, abundance, residual)
+    store.write_group_coordinates(GROUP, problem.names)
     log.info(
         "wrote %s/%s: %d iterations, %s, sparsity reached %s",
         store.path, GROUP, model.n_iter_, "converged" if model.converged_ else "not converged",
@@ -271,7 +417,11 @@ def _write_result(
 ) -> None:
     group = store.group.create_group(GROUP, overwrite=True)
     arrays = {
-        "abundance": (abundance, ["y", "x", "component"], {"long_name": "component weights A"}),
+        "abundance": (
+            abundance,
+            ["y", "x", "component"],
+            {"units": "counts", "long_name": "component weights A, in counts at the peak of each spectrum"},
+        ),
         "spectra": (model.components_.astype(np.float32), ["component", "wavelength"], {"long_name": "fitted spectra S"}),
         "spectra_init": (model.spectra_init_.astype(np.float32), ["component", "wavelength"], {"long_name": "initial spectra"}),
         "residual": (residual, ["y", "x"], {"units": "counts", "long_name": "residual norm per pixel, ||m - a S||"}),

@@ -11,7 +11,7 @@ from fluoscan.acquisition.config import ComponentConfig, ConfigError
 from fluoscan.acquisition.store import ScanStatus, ScanStore, StoreError
 from fluoscan.tests.conftest import PROJECT_ROOT
 from fluoscan.tests.unmixing.synthetic import MOUSE_COMPONENTS, mouse_scene
-from fluoscan.unmixing import map_correlation, match_components, unmix_store
+from fluoscan.unmixing import map_correlation, match_components, sweep_sparsity, unmix_store
 
 DARK_COUNTS = 300
 CHECK_STORE = PROJECT_ROOT.parent / "shared" / "checks" / "check_store.py"
@@ -213,3 +213,37 @@ def test_reference_spectrum_missing_is_an_error(scan):
 def test_missing_store_is_an_error(tmp_path):
     with pytest.raises(StoreError, match=r"store not found"):
         unmix_store(tmp_path / "nothing.zarr")
+
+
+def test_sparsity_sweep_records_trends(scan):
+    path, _, _ = scan
+    unmix_store(path, max_iter=20)
+    targets = [0.8, 0.9, 0.97]
+    sweep_sparsity(path, targets, max_iter=60)
+    group = zarr.open_group(path, mode="r")["unmixing"]
+    sweep = group["sweep"]
+    assert sweep["targets"][:].tolist() == targets
+    assert sweep.attrs["swept"] == ["icg_lnp", "af750"]
+    n_zeroed = sweep["n_zeroed"][:]
+    assert n_zeroed.shape == (3, 3)
+    assert np.all(n_zeroed[:, 0] == 0)
+    assert np.all(np.diff(n_zeroed[:, 1:], axis=0) >= 0), "a higher target must not zero fewer pixels"
+    assert np.all(n_zeroed[-1, 1:] > n_zeroed[0, 1:])
+    assert sweep["spectra_distance"].shape == (3, 3)
+    assert sweep["spectra_distance"].attrs["units"] == "rad"
+    assert sweep["abundance"].shape == (3, *group["abundance"].shape)
+    assert "abundance" in group, "the sweep must leave the main result in place"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"targets": [0.5, 1.2]}, r"targets must be numbers in \[0, 1\], got \[0.5, 1.2\]"),
+        ({"targets": []}, r"targets must be numbers in \[0, 1\], got \[\]"),
+        ({"targets": [0.5], "swept": ["gfp"]}, r"components to sweep must be some of \['autofluorescence', 'icg_lnp', 'af750'\], got \['gfp'\]"),
+    ],
+)
+def test_sparsity_sweep_rejects_bad_arguments(scan, kwargs, match):
+    path, _, _ = scan
+    with pytest.raises(ValueError, match=match):
+        sweep_sparsity(path, **kwargs)
