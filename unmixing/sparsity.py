@@ -109,9 +109,9 @@ def sparsity_threshold(column: np.ndarray, target: float) -> Threshold:
     Tie rule: when two cuts are equally close to the target (within 1e-12), the denser one (more
     entries kept) wins, so that the step never removes more signal than the target requires.
 
-    The sparsity of a cut depends only on the entries it keeps and falls as k grows, so a high
-    target needs only the largest entries: they are taken with a partition and sorted, and the
-    search widens (eventually to a full sort) until no larger k can be as close to the target.
+    The sparsity of a cut depends only on the entries it keeps and falls as k grows. So a high
+    target needs only the largest entries, which a partition finds before they are sorted. The
+    search widens, up to a full sort, until no larger k can be as close to the target.
 
     Parameters
     ----------

@@ -54,7 +54,7 @@ def unmix_store(
     force: bool = False,
     saturation_counts: int | None = None,
     abundance_start: str = "constant",
-    n_jobs: int | None = -1,
+    n_jobs: int | None = None,
 ) -> Path:
     """Unmix the cube of a scan store with sparse NMF and write ``unmixing/`` into the store.
 
@@ -82,8 +82,8 @@ def unmix_store(
     abundance_start : {"constant", "lstsq"}, default="constant"
         Initial weights (see :class:`~fluoscan.unmixing.SparseNMF`): one positive constant, as in the
         published method, or the least-squares weights for the initial spectra.
-    n_jobs : int or None, default=-1
-        Threads for the passes over the cube (see :class:`~fluoscan.unmixing.SparseNMF`); -1 uses every core.
+    n_jobs : int or None, default=None
+        Threads for the passes over the cube (see :class:`~fluoscan.unmixing.SparseNMF`); None uses every core.
 
     Returns
     -------
@@ -127,7 +127,7 @@ def sweep_sparsity(
     force: bool = False,
     saturation_counts: int | None = None,
     abundance_start: str = "constant",
-    n_jobs: int | None = -1,
+    n_jobs: int | None = None,
     keep_abundance: bool = True,
 ) -> Path:
     """Unmix a store once per sparsity target and write the trends into ``unmixing/sweep/``.

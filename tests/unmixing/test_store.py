@@ -13,6 +13,9 @@ from fluoscan.tests.conftest import PROJECT_ROOT
 from fluoscan.tests.unmixing.synthetic import MOUSE_COMPONENTS, mouse_scene
 from fluoscan.unmixing import map_correlation, match_components, sweep_sparsity, unmix_store
 
+# Several tests cap max_iter to stay fast, so their fits stop before converging on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore::fluoscan.unmixing.nmf.ConvergenceWarning")
+
 DARK_COUNTS = 300
 CHECK_STORE = PROJECT_ROOT.parent / "shared" / "checks" / "check_store.py"
 MOUSE_UNMIXING = {
