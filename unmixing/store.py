@@ -214,7 +214,11 @@ def _write_sweep(
         ),
     }
     if abundance:
-        arrays["abundance"] = (np.stack(abundance), ["target", "y", "x", "component"], {"long_name": "component weights A"})
+        arrays["abundance"] = (
+            np.stack(abundance),
+            ["target", "y", "x", "component"],
+            {"units": "counts", "long_name": "component weights A, in counts at the peak of each spectrum"},
+        )
     for name, (values, dims, attrs) in arrays.items():
         array = sweep.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape, dimension_names=dims)
         array[...] = values
