@@ -38,6 +38,7 @@ import datetime as dt
 import logging
 import shutil
 import warnings
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,15 @@ class ScanStore:
     def __init__(self, path: Path, group: zarr.Group) -> None:
         self.path = path
         self.group = group
+        # Opening an array reads its metadata from disk; the line writer reuses these handles.
+        self._arrays: dict[str, zarr.Array] = {}
+        # The writer's copy of line_done. A store has one writer at a time, so it cannot go stale.
+        self._done: np.ndarray | None = None
+
+    def _array(self, name: str) -> zarr.Array:
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     # ------------------------------------------------------------------ creation and opening
 
@@ -296,26 +306,54 @@ class ScanStore:
         return np.asarray(self.group["dark_frames"][:]) if "dark_frames" in self.group else None
 
     def write_line(self, index: int, frame: np.ndarray, *, y_mm: float, time_s: float, laser_power_mw: float) -> None:
-        """Write one line's frame and metadata, then mark it done.
+        """Write one line's frame and metadata, then mark it done (see :meth:`write_lines`)."""
+        self.write_lines([index], frame[None], y_mm=[y_mm], time_s=[time_s], laser_power_mw=[laser_power_mw])
 
-        ``line_done`` is set last, so that a line marked done always has its data on disk.
+    def write_lines(
+        self,
+        indices: Sequence[int],
+        frames: np.ndarray,
+        *,
+        y_mm: Sequence[float],
+        time_s: Sequence[float],
+        laser_power_mw: Sequence[float],
+    ) -> None:
+        """Write several lines' frames, then their metadata, then mark them done.
+
+        ``line_done`` is set last, so that a line marked done always has its data on disk. Writing
+        consecutive lines together costs one metadata write per array instead of one per line.
 
         Raises
         ------
         StoreError
-            If the line is already done: an acquired line is never overwritten.
+            If a line is already done (an acquired line is never overwritten), or a frame has the
+            wrong shape; nothing of the batch is written then.
         """
-        line_done = self.group["line_done"]
-        if bool(line_done[index]):
-            raise StoreError(f"line {index} of {self.path} is already written; refusing to overwrite it")
-        expected = self.raw.shape[1:]
-        if frame.shape != expected:
-            raise StoreError(f"frame for line {index} has shape {frame.shape}, the store expects {expected}")
-        self.raw[index] = frame
-        self.group["y"][index] = y_mm
-        self.group["line_time"][index] = time_s
-        self.group["laser_power"][index] = laser_power_mw
-        line_done[index] = True
+        indices = np.asarray(indices, dtype=np.int64)
+        if self._done is None:
+            self._done = self.line_done()
+        already = indices[self._done[indices]]
+        if already.size:
+            raise StoreError(f"line {int(already[0])} of {self.path} is already written; refusing to overwrite it")
+        raw = self._array("raw")
+        expected = raw.shape[1:]
+        for index, frame in zip(indices, frames):
+            if frame.shape != expected:
+                raise StoreError(f"frame for line {index} has shape {frame.shape}, the store expects {expected}")
+
+        for index, frame in zip(indices, frames):
+            raw[int(index)] = frame
+        contiguous = bool(np.all(np.diff(indices) == 1))
+        where = slice(int(indices[0]), int(indices[-1]) + 1) if contiguous else None
+        for name, values in (("y", y_mm), ("line_time", time_s), ("laser_power", laser_power_mw), ("line_done", None)):
+            array = self._array(name)
+            values = np.ones(len(indices), dtype=bool) if values is None else np.asarray(values, dtype=np.float64)
+            if where is not None:
+                array[where] = values
+            else:
+                for index, value in zip(indices, values):
+                    array[int(index)] = value
+        self._done[indices] = True
 
     def set_status(self, status: ScanStatus, end_reason: str | None = None) -> None:
         """Record the scan's status.

@@ -19,6 +19,9 @@ from fluoscan.acquisition.store import ScanStore
 
 log = logging.getLogger(__name__)
 
+# Most lines written in one go when the writer has fallen behind.
+_MAX_BATCH_LINES = 64
+
 
 class WriterError(RuntimeError):
     """The writer thread failed to write a line to the store."""
@@ -61,25 +64,53 @@ class LineWriter:
         self.close(raise_error=exc is None)
 
     def _run(self) -> None:
-        while True:
-            record = self._queue.get()
-            if record is None:
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            # Take whatever else is already queued: consecutive lines share their metadata writes.
+            while len(batch) < _MAX_BATCH_LINES and batch[-1] is not None:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if batch[-1] is None:
+                stopping = True
+                batch.pop()
+            if batch and self._error is None:
+                self._write(batch)
+
+    def _write(self, batch: list[LineRecord]) -> None:
+        try:
+            self._write_lines(batch)
+            return
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(batch[0], exc)
                 return
-            if self._error is not None:
-                continue  # after a failure, drain without writing; the acquisition loop is stopping
+            log.warning("writing lines %d..%d together failed (%s); writing them one by one", batch[0].index, batch[-1].index, exc)
+        # Line by line, so that every line before the failing one is kept.
+        for record in batch:
             try:
-                self._store.write_line(
-                    record.index,
-                    record.frame,
-                    y_mm=record.y_mm,
-                    time_s=record.time_s,
-                    laser_power_mw=record.laser_power_mw,
-                )
-                self.lines_written += 1
-            except Exception as exc:  # kept and raised in the acquisition thread
-                log.error("writing line %d to %s failed: %s", record.index, self._store.path, exc)
-                self._error = exc
-                self._failed_line = record.index
+                self._write_lines([record])
+            except Exception as exc:
+                self._fail(record, exc)
+                return
+
+    def _write_lines(self, batch: list[LineRecord]) -> None:
+        self._store.write_lines(
+            [record.index for record in batch],
+            np.stack([record.frame for record in batch]),
+            y_mm=[record.y_mm for record in batch],
+            time_s=[record.time_s for record in batch],
+            laser_power_mw=[record.laser_power_mw for record in batch],
+        )
+        self.lines_written += len(batch)
+
+    def _fail(self, record: LineRecord, exc: Exception) -> None:
+        """Keep the error for the acquisition thread; later lines are drained without writing."""
+        log.error("writing line %d to %s failed: %s", record.index, self._store.path, exc)
+        self._failed_line = record.index
+        self._error = exc
 
     def check(self) -> None:
         """Raise :class:`WriterError` if the writer thread has failed."""
@@ -98,9 +129,13 @@ class LineWriter:
             pass
         self.waits_for_disk += 1
         started = time.perf_counter()
-        log.warning(
-            "writer queue full (%d lines): the camera waits for the disk at line %d", self._queue.maxsize, record.index
-        )
+        if self.waits_for_disk == 1 or self.waits_for_disk % 100 == 0:
+            log.warning(
+                "writer queue full (%d lines): the camera waits for the disk at line %d (%d waits so far)",
+                self._queue.maxsize,
+                record.index,
+                self.waits_for_disk,
+            )
         while True:
             self.check()
             try:

@@ -103,7 +103,7 @@ class ZaberStage:
         limits_mm: tuple[float, float] | None = None,
         timeout_s: float = 2.0,
         move_timeout_s: float = 60.0,
-        poll_interval_s: float = 0.02,
+        poll_interval_s: float = 0.002,
         position_tolerance_mm: float = 0.001,
         checksums: bool = False,
         message_ids: bool = True,

@@ -587,6 +587,9 @@ class _Acquisition:
     events: int = 0
     frame_fault: Fault | None = None
     running: bool = True
+    # The frame being exposed, rendered when its exposure starts so that rendering time overlaps
+    # the exposure instead of adding to it.
+    pending_frame: np.ndarray | None = None
 
 
 @dataclass
@@ -768,6 +771,10 @@ class SimulatedSDK2(_StandIn):
         if fault is None:
             fault, self._pending_fault = self._pending_fault, None
         self._apply_frame_fault(acquisition, fault, started)
+        delivered = fault is None or fault.kind in (FaultKind.LATE, FaultKind.GARBLE)
+        acquisition.pending_frame = (
+            self._render_frame(acquisition.frames_done + 1, garbled=self._frame_garbled(acquisition)) if delivered else None
+        )
         return fault
 
     def _advance(self) -> None:
@@ -784,7 +791,7 @@ class SimulatedSDK2(_StandIn):
             if acquisition.frame_fault is not None and acquisition.frame_fault.kind is FaultKind.REJECT:
                 acquisition.running = False
                 return
-            self._store_frame(acquisition.frames_done + 1, garbled=self._frame_garbled(acquisition))
+            self._store_frame(acquisition.frames_done + 1, acquisition.pending_frame)
             acquisition.frames_done += 1
             acquisition.events += 1
             completed += 1
@@ -820,7 +827,12 @@ class SimulatedSDK2(_StandIn):
             return [(bottom - 1 + k * pitch, bottom - 1 + k * pitch + track_height) for k in range(number)], (0, width, 1)
         return [(start - 1, stop) for start, stop in self.readout.random_tracks], (0, width, 1)
 
-    def _store_frame(self, frame_number: int, garbled: bool) -> None:
+    def _store_frame(self, frame_number: int, frame: np.ndarray) -> None:
+        self._buffer[frame_number] = frame.ravel()
+        self._buffer.pop(frame_number - self.detector.buffer_frames, None)
+
+    def _render_frame(self, frame_number: int, garbled: bool) -> np.ndarray:
+        """Render the digitised frame (rows, columns) the scene gives for this exposure."""
         width, height = self.detector.width_px, self.detector.height_px
         wavelengths = (
             self.spectrograph.physical_wavelengths_nm(width, self.detector.pixel_size_um)
@@ -848,8 +860,7 @@ class SimulatedSDK2(_StandIn):
         if garbled:
             log.info("simulated camera garbles frame %d", frame_number)
             frame = frame[:-1]
-        self._buffer[frame_number] = frame.ravel()
-        self._buffer.pop(frame_number - self.detector.buffer_frames, None)
+        return frame
 
     def _multi_track_layout(self, number: int, track_height: int, offset: int) -> tuple[int, int]:
         # NOTE: tracks are spread evenly and centred; the real SDK's exact placement is not documented here.

@@ -65,24 +65,24 @@ def reference(tmp_path_factory):
 
 
 class FailingWrites:
-    """Replaces ScanStore.write_line so that writing line ``at_line`` fails the way ``kind`` says."""
+    """Replaces ScanStore.write_lines so that writing line ``at_line`` fails the way ``kind`` says."""
 
     def __init__(self, kind: FaultKind, at_line: int):
         self.kind, self.at_line = kind, at_line
-        self.original = ScanStore.write_line
-        self.slow_done = False
+        self.original = ScanStore.write_lines
 
-    def __call__(self, store, index, frame, **kwargs):
-        if index == self.at_line and self.kind is FaultKind.TIMEOUT:
-            # A slow disk: this line's write takes longer than acquiring the rest of the scan.
-            time.sleep(0.3)
-        elif index == self.at_line and self.kind is FaultKind.DISCONNECT:
-            raise OSError(errno.EIO, "Input/output error: the disk was disconnected")
-        elif index == self.at_line and self.kind is FaultKind.GARBLE:
-            frame = frame[:, :-1]  # a truncated frame: the store refuses it
-        elif index == self.at_line and self.kind is FaultKind.REJECT:
-            raise PermissionError(errno.EACCES, "Permission denied")
-        return self.original(store, index, frame, **kwargs)
+    def __call__(self, store, indices, frames, **kwargs):
+        if self.at_line in indices:
+            if self.kind is FaultKind.TIMEOUT:
+                # A slow disk: this write takes longer than acquiring the rest of the scan.
+                time.sleep(0.3)
+            elif self.kind is FaultKind.DISCONNECT:
+                raise OSError(errno.EIO, "Input/output error: the disk was disconnected")
+            elif self.kind is FaultKind.GARBLE:
+                frames = frames[:, :, :-1]  # truncated frames: the store refuses them
+            elif self.kind is FaultKind.REJECT:
+                raise PermissionError(errno.EACCES, "Permission denied")
+        return self.original(store, indices, frames, **kwargs)
 
 
 def injected(device: str, kind: FaultKind, line: int, power_queries_per_line: int, mocker):
@@ -94,7 +94,7 @@ def injected(device: str, kind: FaultKind, line: int, power_queries_per_line: in
         return None, {"stage_faults": [Fault(kind, command="move abs", occurrence=line + 1)]}
     if device == "camera":
         return None, {"spectrometer_faults": [Fault(kind, command="frame", occurrence=DARK_FRAMES + line + 1)]}
-    mocker.patch.object(ScanStore, "write_line", autospec=True, side_effect=FailingWrites(kind, line))
+    mocker.patch.object(ScanStore, "write_lines", autospec=True, side_effect=FailingWrites(kind, line))
     return None, {}
 
 

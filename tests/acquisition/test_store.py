@@ -137,10 +137,10 @@ class SlowStore:
         self.release = threading.Event()
         self.writing = threading.Event()
 
-    def write_line(self, *args, **kwargs):
+    def write_lines(self, *args, **kwargs):
         self.writing.set()
         self.release.wait(timeout=5)
-        self._store.write_line(*args, **kwargs)
+        self._store.write_lines(*args, **kwargs)
 
 
 def test_writer_full_queue_waits_and_counts(tmp_path):
@@ -161,10 +161,10 @@ class FailingStore:
     def __init__(self, store, fail_at):
         self._store, self.path, self.fail_at = store, store.path, fail_at
 
-    def write_line(self, index, *args, **kwargs):
-        if index == self.fail_at:
+    def write_lines(self, indices, *args, **kwargs):
+        if self.fail_at in indices:
             raise OSError(28, "No space left on device")
-        self._store.write_line(index, *args, **kwargs)
+        self._store.write_lines(indices, *args, **kwargs)
 
 
 def test_writer_error_reaches_acquisition_loop(tmp_path):
@@ -176,3 +176,17 @@ def test_writer_error_reaches_acquisition_loop(tmp_path):
                 writer.put(LineRecord(i, frame(i), y_mm=0.0, time_s=0.0, laser_power_mw=0.0))
     assert store.line_done()[0]
     assert not store.line_done()[1]
+
+
+def test_writer_keeps_lines_before_failing_one_in_batch(tmp_path):
+    store = make_store(tmp_path / "s.zarr")
+    slow = SlowStore(FailingStore(store, fail_at=3))
+    writer = LineWriter(slow, max_queue_lines=8)
+    with pytest.raises(WriterError, match=r"writing line 3 "):
+        with writer:
+            writer.put(LineRecord(0, frame(0), y_mm=0.0, time_s=0.0, laser_power_mw=0.0))
+            assert slow.writing.wait(timeout=5)
+            for i in range(1, N_LINES):
+                writer.put(LineRecord(i, frame(i), y_mm=0.0, time_s=0.0, laser_power_mw=0.0))
+            slow.release.set()
+    assert store.line_done().tolist() == [True, True, True, False, False]
