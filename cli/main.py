@@ -34,6 +34,8 @@ def _setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
         force=True,
     )
+    # Library warnings (ConvergenceWarning, DataWarning) become log lines like every other message.
+    logging.captureWarnings(True)
     # numba (imported by pylablib) logs every compiler pass at debug level.
     logging.getLogger("numba").setLevel(logging.WARNING)
     if not verbose:

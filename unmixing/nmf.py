@@ -520,7 +520,6 @@ def _prepare_data(M: np.ndarray, saturation: Any) -> _PreparedData:
             f"{n_negative} negative values in the data (e.g. after dark subtraction) were clipped to 0 "
             "because NMF needs non-negative data"
         )
-        log.warning(message)
         warnings.warn(message, DataWarning, stacklevel=4)
 
     if pixel_mask is None or not pixel_mask.any():
@@ -538,7 +537,6 @@ def _prepare_data(M: np.ndarray, saturation: Any) -> _PreparedData:
         f"{masked_rows.size} saturated pixels (of {M.shape[0]}) were left out of the fit; "
         "their weights are estimated afterwards from their unsaturated wavelengths"
     )
-    log.warning(message)
     warnings.warn(message, DataWarning, stacklevel=4)
     fitted = M[fit_rows]
     np.maximum(fitted, 0, out=fitted)
@@ -985,7 +983,6 @@ class SparseNMF:
         dead = [names[p] for p in range(n_components) if not A[:, p].any() or not S[p].any()]
         if dead:
             message = f"components {dead} ended at zero everywhere; the data may support fewer components"
-            log.warning(message)
             warnings.warn(message, DataWarning, stacklevel=4)
         return A
 
@@ -1026,7 +1023,6 @@ class SparseNMF:
             f"SparseNMF reached max_iter={self.max_iter} before the relative loss change fell below "
             f"tol={self.tol}; raise max_iter or tol"
         )
-        log.warning(message)
         warnings.warn(message, ConvergenceWarning, stacklevel=stacklevel)
 
 
