@@ -24,7 +24,7 @@ import numpy as np
 
 from fluoscan.acquisition.config import ConfigError, FluoscanConfig, HomingPolicy, load_config
 from fluoscan.acquisition.devices import Devices, GroundTruthSource, open_devices
-from fluoscan.acquisition.store import ScanStatus, ScanStore, StoreError
+from fluoscan.acquisition.store import MAIN, REFERENCE, ScanStatus, ScanStore, StoreError, store_parts
 from fluoscan.acquisition.writer import LineRecord, LineWriter
 from fluoscan.drivers import DeviceError, Laser
 
@@ -183,16 +183,21 @@ def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[
     return differing
 
 
-def check_output(output: Path, *, resume: bool, overwrite: bool) -> None:
+def check_output(output: Path, *, resume: bool, overwrite: bool, part: str | None = None) -> None:
     """Check the output path before any device opens."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: resume keeps the store, overwrite replaces it")
+    present = store_parts(output)
+    what = "reference acquisition" if part == REFERENCE else "scan"
     if resume:
-        if not output.exists():
-            raise StoreError(f"cannot resume: store {output} does not exist; start a new scan without --resume")
+        if (part or MAIN) not in present:
+            raise StoreError(f"cannot resume: {output} holds no {what}; start it without --resume")
         return
-    if output.exists() and not overwrite:
-        raise StoreError(f"output store {output} already exists; pass --overwrite to replace it or --resume to continue it")
+    if (part or MAIN) in present and not overwrite:
+        held = "already holds a reference acquisition" if part == REFERENCE else "already exists"
+        raise StoreError(f"output store {output} {held}; pass --overwrite to replace it or --resume to continue it")
+    if output.exists() and not present and (output.is_file() or any(output.iterdir())):
+        raise StoreError(f"output path {output} exists and is not a fluoscan store; choose another --output")
     parent = output.absolute().parent
     if not parent.is_dir():
         raise StoreError(f"output folder {parent} does not exist; create it or choose another --output")
@@ -262,13 +267,13 @@ def _acquire_dark(config: FluoscanConfig, devices: Devices, store: ScanStore) ->
 
 
 def _open_store(
-    config: FluoscanConfig, devices: Devices, output: Path, *, resume: bool, overwrite: bool
+    config: FluoscanConfig, devices: Devices, output: Path, *, resume: bool, overwrite: bool, part: str | None
 ) -> ScanStore:
     identities = devices.identities()
     wavelengths_nm = devices.spectrometer.wavelengths_nm()
     n_points, n_wavelengths = devices.spectrometer.frame_shape()
     if resume:
-        store = ScanStore.open(output, mode="r+")
+        store = ScanStore.open(output, mode="r+", part=part)
         differences = config_differences(store.attrs.get("config", {}), config.to_dict())
         if store.attrs.get("devices") != identities:
             differences.append(f"devices: store has {store.attrs.get('devices')}, connected are {identities}")
@@ -290,6 +295,7 @@ def _open_store(
         x_units="mm" if pitch is not None else "point index",
         attrs={"config": config.to_dict(), "devices": identities, "software": software_versions()},
         overwrite=overwrite,
+        part=part,
     )
     if isinstance(devices.spectrometer, GroundTruthSource):
         abundance, spectra, names = devices.spectrometer.ground_truth(np.asarray(config.scan.positions_mm()))
@@ -335,6 +341,7 @@ def run_scan(
     progress: ScanProgress | None = None,
     on_line: Callable[[int], Any] | None = None,
     device_options: dict[str, Any] | None = None,
+    reference: bool = False,
 ) -> Path:
     """Acquire a whole scan into a Zarr store and return the store's path.
 
@@ -358,6 +365,10 @@ def run_scan(
         in the acquisition loop, so it must be quick.
     device_options : dict, optional
         Passed to device factories as ``DeviceContext.options`` (fault injection in tests).
+    reference : bool
+        Record the reference acquisition (the animal before the markers are given) into the group
+        ``reference/`` of ``output``, next to the main scan; unmixing can start autofluorescence from
+        its mean spectrum (``spectrum = "reference"``). ``on_complete`` is not called for it.
 
     Raises
     ------
@@ -370,7 +381,8 @@ def run_scan(
         config = load_config(config)
     output = Path(output)
     progress = progress or LogProgress()
-    check_output(output, resume=resume, overwrite=overwrite)
+    part = REFERENCE if reference else None
+    check_output(output, resume=resume, overwrite=overwrite, part=part)
 
     store: ScanStore | None = None
     with signals_abort_scan():
@@ -380,7 +392,7 @@ def run_scan(
                 devices.laser.set_emission(False)
                 _prepare_stage(config, devices)
                 devices.spectrometer.set_exposure_s(config.scan.exposure_s)
-                store = _open_store(config, devices, output, resume=resume, overwrite=overwrite)
+                store = _open_store(config, devices, output, resume=resume, overwrite=overwrite, part=part)
                 _acquire_dark(config, devices, store)
                 with laser_emitting(devices.laser, config.laser.power_mw):
                     _scan_lines(config, devices, store, progress, on_line)
@@ -395,6 +407,6 @@ def run_scan(
         finally:
             progress.close()
 
-    if on_complete is not None:
+    if on_complete is not None and not reference:
         on_complete(output)
     return output

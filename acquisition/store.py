@@ -58,6 +58,59 @@ class StoreError(RuntimeError):
     """A store is missing, already exists, or does not follow the store contract."""
 
 
+# The group of a store that holds the reference acquisition (the animal before the markers).
+REFERENCE = "reference"
+MAIN = "scan"
+
+
+def store_parts(path: str | Path) -> set[str]:
+    """Return which acquisitions a path holds: "scan" (the main scan) and/or "reference"; empty if none."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        return set()
+    try:
+        root = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=False)
+    except (FileNotFoundError, ValueError, KeyError):
+        return set()
+    parts = {MAIN} if "raw" in root else set()
+    if REFERENCE in root and "raw" in root[REFERENCE]:
+        parts.add(REFERENCE)
+    return parts
+
+
+def _create_scan_arrays(
+    group: zarr.Group, n_lines: int, wavelengths_nm: np.ndarray, x: np.ndarray, x_units: str, dtype: np.dtype | str
+) -> None:
+    n_points, n_wavelengths = len(x), len(wavelengths_nm)
+    raw = group.create_array(
+        "raw",
+        shape=(n_lines, n_points, n_wavelengths),
+        chunks=(1, n_points, n_wavelengths),
+        dtype=dtype,
+        fill_value=0,
+        dimension_names=["y", "x", "wavelength"],
+    )
+    raw.attrs.update({"units": "counts", "long_name": "detector counts"})
+    _coordinate(group, "wavelength", wavelengths_nm, {"units": "nm", "long_name": "wavelength"})
+    _coordinate(group, "x", x, {"units": x_units, "long_name": "position along the slit"})
+    line_arrays = {
+        "y": (np.float64, np.nan, {"units": "mm", "long_name": "stage position read back"}),
+        "line_done": (np.bool_, False, {"long_name": "line written"}),
+        "line_time": (np.float64, np.nan, {"units": "s", "long_name": "time of the frame, seconds since the epoch"}),
+        "laser_power": (np.float64, np.nan, {"units": "mW", "long_name": "laser power read back"}),
+    }
+    for name, (line_dtype, fill, line_attrs) in line_arrays.items():
+        array = group.create_array(
+            name,
+            shape=(n_lines,),
+            chunks=(min(n_lines, _LINE_META_CHUNK),),
+            dtype=line_dtype,
+            fill_value=fill,
+            dimension_names=["y"],
+        )
+        array.attrs.update(line_attrs)
+
+
 class ScanStatus(str, Enum):
     ACQUIRING = "acquiring"
     COMPLETE = "complete"
@@ -127,25 +180,41 @@ class ScanStore:
         dtype: np.dtype | str = np.uint16,
         attrs: dict[str, Any] | None = None,
         overwrite: bool = False,
+        part: str | None = None,
     ) -> ScanStore:
         """Create an empty scan store with status "acquiring".
+
+        ``part="reference"`` creates the reference acquisition (the animal without markers) as the
+        group ``reference/`` of the store at ``path``, next to the main scan, which may already be
+        there or come later. The main scan (``part=None``) may likewise be added to a store that
+        holds only a reference acquisition.
 
         Raises
         ------
         StoreError
-            If ``path`` exists and ``overwrite`` is False.
+            If the scan (or the reference acquisition) exists and ``overwrite`` is False.
         """
         path = Path(path)
-        if path.exists():
+        if part not in (None, REFERENCE):
+            raise ValueError(f"part must be None or {REFERENCE!r}, got {part!r}")
+        present = store_parts(path)
+        what = "a reference acquisition" if part == REFERENCE else "a scan"
+        if (part or MAIN) in present:
             if not overwrite:
-                raise StoreError(f"output store {path} already exists; pass --overwrite to replace it or --resume to continue it")
-            log.warning("replacing existing store %s", path)
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        wavelengths_nm = np.asarray(wavelengths_nm, dtype=np.float64)
-        x = np.asarray(x, dtype=np.float64)
-        n_points, n_wavelengths = len(x), len(wavelengths_nm)
+                held = "already holds a reference acquisition" if part == REFERENCE else "already exists"
+                raise StoreError(f"output store {path} {held}; pass --overwrite to replace it or --resume to continue it")
+            if part == REFERENCE:
+                log.warning("replacing the reference acquisition of %s", path)
+                del zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)[REFERENCE]
+            else:
+                log.warning("replacing existing store %s%s", path, " and its reference acquisition" if REFERENCE in present else "")
+                shutil.rmtree(path)
+        elif path.exists() and not present and (path.is_file() or any(path.iterdir())):
+            raise StoreError(f"output path {path} exists and is not a fluoscan store; choose another --output")
 
-        group = zarr.open_group(path, mode="w-", zarr_format=3)
+        root = zarr.open_group(path, mode="a", zarr_format=3, use_consolidated=False)
+        group = root if part is None else root.create_group(part)
+        _create_scan_arrays(group, n_lines, np.asarray(wavelengths_nm, dtype=np.float64), np.asarray(x, dtype=np.float64), x_units, dtype)
         group.attrs.update(
             {
                 "fluoscan_version": fluoscan.__version__,
@@ -156,50 +225,33 @@ class ScanStore:
                 **(attrs or {}),
             }
         )
-        raw = group.create_array(
-            "raw",
-            shape=(n_lines, n_points, n_wavelengths),
-            chunks=(1, n_points, n_wavelengths),
-            dtype=dtype,
-            fill_value=0,
-            dimension_names=["y", "x", "wavelength"],
+        log.info(
+            "created %s in %s: %d lines x %d points x %d wavelengths", what, path, n_lines, len(x), len(wavelengths_nm)
         )
-        raw.attrs.update({"units": "counts", "long_name": "detector counts"})
-        _coordinate(group, "wavelength", wavelengths_nm, {"units": "nm", "long_name": "wavelength"})
-        _coordinate(group, "x", x, {"units": x_units, "long_name": "position along the slit"})
-        line_arrays = {
-            "y": (np.float64, np.nan, {"units": "mm", "long_name": "stage position read back"}),
-            "line_done": (np.bool_, False, {"long_name": "line written"}),
-            "line_time": (np.float64, np.nan, {"units": "s", "long_name": "time of the frame, seconds since the epoch"}),
-            "laser_power": (np.float64, np.nan, {"units": "mW", "long_name": "laser power read back"}),
-        }
-        for name, (line_dtype, fill, line_attrs) in line_arrays.items():
-            array = group.create_array(
-                name,
-                shape=(n_lines,),
-                chunks=(min(n_lines, _LINE_META_CHUNK),),
-                dtype=line_dtype,
-                fill_value=fill,
-                dimension_names=["y"],
-            )
-            array.attrs.update(line_attrs)
-        log.info("created store %s: %d lines x %d points x %d wavelengths", path, n_lines, n_points, n_wavelengths)
         return cls(path, group)
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> ScanStore:
-        """Open an existing store, read-only (``mode="r"``) or for writing (``mode="r+"``)."""
+    def open(cls, path: str | Path, mode: str = "r", part: str | None = None) -> ScanStore:
+        """Open an existing store, read-only (``mode="r"``) or for writing (``mode="r+"``).
+
+        ``part="reference"`` opens the store's reference acquisition instead of its main scan.
+        """
         path = Path(path)
         if not path.exists():
             raise StoreError(f"store not found: {path}")
         try:
             # Listing the hierarchy, instead of reading consolidated metadata, finds groups that a
             # writer added after the last consolidation.
-            group = zarr.open_group(path, mode=mode, zarr_format=3, use_consolidated=False)
+            root = zarr.open_group(path, mode=mode, zarr_format=3, use_consolidated=False)
         except (FileNotFoundError, ValueError, KeyError) as exc:
             raise StoreError(f"{path} is not a readable Zarr v3 store: {exc}") from None
+        if part is not None and part not in root:
+            raise StoreError(f"{path} has no {part} acquisition")
+        group = root if part is None else root[part]
         for name in ("raw", "wavelength", "line_done"):
             if name not in group:
+                if part is None and REFERENCE in root:
+                    raise StoreError(f"{path} holds only a reference acquisition so far; scan into it to add the main scan")
                 raise StoreError(f"{path} is not a fluoscan scan store: it has no {name!r} array")
         store = cls(path, group)
         if mode != "r":
@@ -229,11 +281,12 @@ class ScanStore:
         log.debug("consolidated the metadata of %s", self.path)
 
     def _drop_consolidated_metadata(self) -> None:
-        # The group was opened without consolidated metadata, so rewriting its attributes saves a
-        # root zarr.json without it. Readers then list the hierarchy until the next consolidate().
+        # Rewriting the root's attributes through a group opened without consolidated metadata saves
+        # a root zarr.json without it. Readers then list the hierarchy until the next consolidate().
         probe = zarr.open_group(self.path, mode="r", zarr_format=3)
         if probe.metadata.consolidated_metadata is not None:
-            self.group.attrs.put(dict(self.group.attrs))
+            root = zarr.open_group(self.path, mode="r+", zarr_format=3, use_consolidated=False)
+            root.attrs.put(dict(root.attrs))
             log.debug("removed the consolidated metadata of %s, which writes would make stale", self.path)
 
     # ------------------------------------------------------------------ properties

@@ -96,6 +96,13 @@ def scan(
     preview: Annotated[
         int, typer.Option(help="Refresh STORE-preview.png with the lines acquired so far every N lines; 0 turns it off.")
     ] = 0,
+    reference: Annotated[
+        bool,
+        typer.Option(
+            "--reference",
+            help="Record the reference acquisition (the animal before the markers) into STORE/reference; not unmixed.",
+        ),
+    ] = False,
 ) -> None:
     """Acquire a scan (real or simulated devices) into a Zarr store, then unmix it."""
     from fluoscan.acquisition.scan import run_scan
@@ -115,8 +122,9 @@ def scan(
             on_complete=_unmix_hook(no_unmix, no_report),
             progress=progress,
             on_line=on_line,
+            reference=reference,
         )
-    typer.echo(f"scan written to {output}")
+    typer.echo(f"{'reference acquisition' if reference else 'scan'} written to {output}")
 
 
 @app.command()

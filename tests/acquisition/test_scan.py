@@ -7,7 +7,7 @@ import pytest
 
 from fluoscan.acquisition.config import ConfigError
 from fluoscan.acquisition.scan import run_scan
-from fluoscan.acquisition.store import ScanStatus, ScanStore, StoreError
+from fluoscan.acquisition.store import ScanStatus, ScanStore, StoreError, store_parts
 from fluoscan.drivers import DeviceError
 from fluoscan.simulators.faults import Fault, FaultKind
 from fluoscan.tests.acquisition.scan_helpers import assert_same_cube, recording_laser, small_config
@@ -180,10 +180,79 @@ def test_resume_refuses_other_configuration(tmp_path, changes, message):
 
 
 def test_resume_of_missing_store(tmp_path):
-    with pytest.raises(StoreError, match=r"cannot resume: store .* does not exist"):
+    with pytest.raises(StoreError, match=r"cannot resume: .*s\.zarr holds no scan; start it without --resume"):
         run_scan(small_config(), tmp_path / "s.zarr", resume=True)
 
 
 def test_resume_and_overwrite_exclusive(tmp_path):
     with pytest.raises(ConfigError, match=r"--resume and --overwrite exclude each other"):
         run_scan(small_config(), tmp_path / "s.zarr", resume=True, overwrite=True)
+
+
+def reference_config(**sections):
+    """The small scan of the animal before the markers: the phantom without tubes."""
+    return small_config(simulation={"phantom": {"markers": []}}, **sections)
+
+
+@pytest.mark.parametrize("reference_first", [True, False], ids=["reference first", "scan first"])
+def test_reference_and_scan_share_store(tmp_path, reference_first):
+    path = tmp_path / "s.zarr"
+    order = [True, False] if reference_first else [False, True]
+    for reference in order:
+        config = reference_config() if reference else small_config()
+        run_scan(config, path, reference=reference)
+    assert store_parts(path) == {"scan", "reference"}
+    scan = ScanStore.open(path)
+    reference = ScanStore.open(path, part="reference")
+    assert scan.status is ScanStatus.COMPLETE
+    assert reference.status is ScanStatus.COMPLETE
+    assert reference.attrs["config"]["simulation"]["phantom"]["markers"] == []
+    assert reference.raw[:].mean() < scan.raw[:].mean()
+
+
+def test_reference_kept_without_overwrite(tmp_path):
+    path = tmp_path / "s.zarr"
+    run_scan(reference_config(), path, reference=True)
+    with pytest.raises(StoreError, match=r"already holds a reference acquisition; pass --overwrite"):
+        run_scan(reference_config(), path, reference=True)
+    run_scan(reference_config(scan={"n_lines": 4}), path, reference=True, overwrite=True)
+    assert ScanStore.open(path, part="reference").shape[0] == 4
+
+
+def test_reference_not_unmixed(tmp_path):
+    completed = []
+    run_scan(reference_config(), tmp_path / "s.zarr", reference=True, on_complete=completed.append)
+    assert completed == []
+
+
+def test_scan_only_reference_store_opens_clearly(tmp_path):
+    run_scan(reference_config(), tmp_path / "s.zarr", reference=True)
+    with pytest.raises(StoreError, match=r"holds only a reference acquisition so far"):
+        ScanStore.open(tmp_path / "s.zarr")
+
+
+def test_output_that_is_not_a_store_refused(tmp_path):
+    (tmp_path / "s.zarr").mkdir()
+    (tmp_path / "s.zarr" / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match=r"exists and is not a fluoscan store"):
+        run_scan(small_config(), tmp_path / "s.zarr")
+    assert (tmp_path / "s.zarr" / "notes.txt").read_text() == "mine"
+
+
+def test_unmixing_starts_from_reference(tmp_path):
+    from fluoscan.acquisition.config import ComponentConfig
+    from fluoscan.unmixing import unmix_store
+
+    path = tmp_path / "s.zarr"
+    run_scan(reference_config(), path, reference=True)
+    run_scan(small_config(), path)
+    components = [
+        ComponentConfig(name="autofluorescence", spectrum="reference"),
+        ComponentConfig(name="icg_lnp", sparsity=0.9, spectrum="library:icg_lnp"),
+        ComponentConfig(name="af750", sparsity=0.9, spectrum="library:af750"),
+    ]
+    unmix_store(path, components=components, max_iter=20)
+    reference = ScanStore.open(path, part="reference")
+    expected = reference.read_cube().mean(axis=(0, 1))
+    start = ScanStore.open(path).group["unmixing"]["spectra_init"][0]
+    np.testing.assert_allclose(start / start.max(), expected / expected.max(), atol=1e-5)
