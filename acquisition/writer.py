@@ -124,9 +124,10 @@ class LineWriter:
         self.check()
         try:
             self._queue.put_nowait(record)
-            return
         except queue.Full:
-            pass
+            self._wait_for_room(record)
+
+    def _wait_for_room(self, record: LineRecord) -> None:
         self.waits_for_disk += 1
         started = time.perf_counter()
         if self.waits_for_disk == 1 or self.waits_for_disk % 100 == 0:
@@ -136,13 +137,15 @@ class LineWriter:
                 record.index,
                 self.waits_for_disk,
             )
-        while True:
+        queued = False
+        while not queued:
+            # Wake up regularly to notice a writer that failed while the queue was full.
             self.check()
             try:
                 self._queue.put(record, timeout=0.1)
-                break
+                queued = True
             except queue.Full:
-                continue
+                queued = False
         self.wait_for_disk_s += time.perf_counter() - started
 
     def close(self, raise_error: bool = True) -> None:
