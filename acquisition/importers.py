@@ -102,8 +102,15 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     if suffix == ".npy":
         try:
             return {"data": np.load(path, allow_pickle=False)}
-        except (ValueError, OSError) as exc:
-            raise ImportFileError(f"cannot read {path} as a NumPy array (object arrays are refused): {exc}") from None
+        except ValueError as exc:
+            if "pickle" in str(exc):
+                raise ImportFileError(
+                    f"{path} is not a plain numeric .npy array (it holds Python objects, or is not an .npy file at all); "
+                    "fluoscan never loads pickled data: save the cube with numpy.save from a numeric array"
+                ) from None
+            raise ImportFileError(f"cannot read {path} as a NumPy .npy array: {exc}") from None
+        except OSError as exc:
+            raise ImportFileError(f"cannot read {path} as a NumPy .npy array: {exc}") from None
     raise ImportFileError(f"unsupported import file type {suffix!r} for {path}; use .mat (MATLAB v5/v7) or .npy")
 
 
