@@ -4,7 +4,7 @@
 with the CDRH delay, interlock and key switch, error queue and handshaking. It accepts short and
 long SCPI forms in any case (``SOUR:AM:STAT`` and ``source1:am:state``), optional nodes such as
 ``[:IMMediate]``, and lines ended by ``\\r\\n``, ``\\r`` or ``\\n``. Command names match
-:class:`fluoscan.drivers.obis.Command`.
+:class:`fluoscan.drivers.obis_scpi.Command`.
 
 :class:`LaserTcpServer` and :class:`LaserPtyServer` serve one simulator in a thread, inject the
 faults of a :class:`~fluoscan.simulators.faults.FaultPlan`, and give the VISA resource to connect
@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from fluoscan.acquisition.config import FluoscanConfig
-from fluoscan.drivers.obis import ObisErrorCode, ObisLaser, ObisStatus, Switch
+from fluoscan.drivers.obis import ObisLaser
+from fluoscan.drivers.obis_scpi import ObisErrorCode, ObisStatus, Switch
 from fluoscan.simulators.faults import Fault, FaultKind, FaultPlan
 
 log = logging.getLogger(__name__)

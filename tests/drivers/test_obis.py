@@ -16,7 +16,8 @@ import serial
 
 from fluoscan.acquisition.config import parse_config
 from fluoscan.drivers import DeviceError, DeviceUnavailable, Laser
-from fluoscan.drivers.obis import ObisLaser, ObisStatus, open_obis_laser
+from fluoscan.drivers.obis import ObisLaser, open_obis_laser
+from fluoscan.drivers.obis_scpi import ObisStatus
 from fluoscan.simulators.laser import (
     PYVISA_SIM_YAML,
     LaserPtyServer,

@@ -14,7 +14,8 @@ import serial
 
 from fluoscan.acquisition.config import parse_config
 from fluoscan.acquisition.devices import DeviceContext, open_device
-from fluoscan.drivers.obis import ObisLaser, ObisStatus
+from fluoscan.drivers.obis import ObisLaser
+from fluoscan.drivers.obis_scpi import ObisStatus
 from fluoscan.simulators.faults import Fault, FaultKind
 from fluoscan.simulators.laser import (
     LaserPtyServer,
