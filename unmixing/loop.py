@@ -25,7 +25,9 @@ from fluoscan.unmixing.kernels import (
     update_spectra,
     update_spectra_kl,
 )
-from fluoscan.unmixing.sparsity import Threshold, threshold_columns
+from fluoscan.unmixing import compiled
+from fluoscan.unmixing.sparsity import Threshold, apply_threshold, noise_threshold
+from fluoscan.unmixing.threshold_search import INITIAL_WIDTH, search_threshold
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ class _LoopResult:
     n_zeroed: np.ndarray
     seconds: float = 0.0
     iterations_timed: int = 0
+    threshold_seconds: float = 0.0
 
 
 @dataclass
@@ -58,6 +61,8 @@ class _LoopSettings:
     norm_sq: float = 0.0
     column_sums: np.ndarray | None = field(default=None, repr=False)
     initial_statistics: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    # Run the Frobenius passes with the numba kernels of fluoscan.unmixing.compiled.
+    compiled: bool = False
 
 
 @dataclass
@@ -68,13 +73,21 @@ class _Stripe:
     ratio: np.ndarray
     numerator: np.ndarray
     denominator: np.ndarray
+    # Compiled path: float64 reductions of this stripe, and the squared residual of each of its rows.
+    sums: np.ndarray | None = None
+    row_losses: np.ndarray | None = None
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.blocks[0].start, self.blocks[-1].stop)
 
 
 class _Updater:
     """The update loop over one data matrix, with A_work, the thresholded A, S and the reductions.
 
     The rows are split into one stripe per thread. Each pass over M runs the stripes in parallel
-    (BLAS releases the GIL) and adds up their partial reductions.
+    (BLAS and the compiled kernels release the GIL) and adds up their partial reductions in stripe
+    order, so that a fit repeats exactly with the same number of threads.
     """
 
     def __init__(self, M: np.ndarray, A_work: np.ndarray, S: np.ndarray, settings: _LoopSettings) -> None:
@@ -82,37 +95,53 @@ class _Updater:
         n_pixels, n_components = A_work.shape
         self.targeted = [p for p, rule in enumerate(settings.rules) if rule is not None]
         self.frobenius = settings.loss is Loss.FROBENIUS
+        self.compiled = settings.compiled and self.frobenius
 
         self.A = np.empty_like(A_work) if self.targeted else A_work
         self.cuts: list[Threshold | None] = [None] * n_components
         self.n_zeroed = np.zeros(n_components, dtype=np.int64)
-        if self.targeted:
-            self.cuts, self.n_zeroed = threshold_columns(A_work, settings.rules, out=self.A)
+        self.widths = [INITIAL_WIDTH] * n_components
+        self.window = np.empty(n_pixels)
+        self.columns = np.empty((n_components, n_pixels), dtype=A_work.dtype) if self.compiled else None
+        self.threshold_seconds = 0.0
+        # Targeted columns with more kept entries than this are summed in the A pass and corrected
+        # for their cut rows; sparser ones are summed over their kept rows only.
+        self.dense_limit = n_pixels // 2
+        self.kept = np.full(n_components, n_pixels, dtype=np.int64)
 
         blocks = _row_blocks(n_pixels, settings.block_rows)
         block_size = blocks[0].stop - blocks[0].start
         n_stripes = max(1, min(settings.n_threads, len(blocks)))
         self.stripes = []
         for group in np.array_split(np.arange(len(blocks)), n_stripes):
+            stripe_blocks = [blocks[i] for i in group]
+            n_rows = stripe_blocks[-1].stop - stripe_blocks[0].start
             self.stripes.append(
                 _Stripe(
-                    blocks=[blocks[i] for i in group],
+                    blocks=stripe_blocks,
                     ratio=np.empty((block_size, M.shape[1]), M.dtype),
                     numerator=np.empty((block_size, n_components), M.dtype),
                     denominator=np.empty((block_size, n_components), M.dtype),
+                    sums=np.zeros((n_components, M.shape[1])) if self.compiled else None,
+                    row_losses=np.empty(n_rows, M.dtype) if self.compiled else None,
                 )
             )
         self.pool: ThreadPoolExecutor | None = None
 
+        if self.targeted:
+            self.threshold()
         if not self.frobenius:
             return
         self.AtM = np.zeros((n_components, M.shape[1]))
         if settings.initial_statistics is not None and not self.targeted:
             self.AtM[...], self.AtA = settings.initial_statistics[0], settings.initial_statistics[1].copy()
+            return
+        if self.compiled:
+            self.AtM[...] = self._reduce(lambda stripe: self._stripe_rows_product(stripe, self.A))
         else:
             for part in self._map(self._stripe_spectra_statistics):
                 self.AtM += part
-            self.AtA = _gram(self.A)
+        self.AtA = _gram(self.A)
 
     def run(self) -> _LoopResult:
         if len(self.stripes) == 1:
@@ -128,6 +157,16 @@ class _Updater:
         if self.pool is None:
             return [work(stripe) for stripe in self.stripes]
         return list(self.pool.map(work, self.stripes))
+
+    def _reduce(self, work: Any) -> np.ndarray:
+        """Run ``work`` on every stripe, which fills ``stripe.sums``, and return their sum in stripe order."""
+        for stripe in self.stripes:
+            stripe.sums[...] = 0.0
+        self._map(work)
+        total = self.stripes[0].sums.copy()
+        for stripe in self.stripes[1:]:
+            total += stripe.sums
+        return total
 
     def _iterate(self) -> _LoopResult:
         settings = self.settings
@@ -164,10 +203,8 @@ class _Updater:
                     update_spectra_kl(self.S, self.AtR, self.A_sum, settings.free)
             self.update_abundance()
             if self.targeted:
-                self.cuts, self.n_zeroed = threshold_columns(self.A_work, settings.rules, out=self.A)
-                if self.frobenius:
-                    self.AtM[self.targeted] = _kept_rows_product(self.A[:, self.targeted], self.M, settings.block_rows)
-            if self.frobenius:
+                self.threshold()
+            elif self.frobenius:
                 self.AtA = _gram(self.A)
 
         return _LoopResult(
@@ -179,13 +216,68 @@ class _Updater:
             n_zeroed=self.n_zeroed,
             seconds=time.perf_counter() - started,
             iterations_timed=iteration,
+            threshold_seconds=self.threshold_seconds,
         )
+
+    # ------------------------------------------------------------------ the sparsity step
+
+    def find_cuts(self) -> None:
+        """Find each targeted column's cut, starting each search from the column's previous threshold."""
+        started = time.perf_counter()
+        for p in self.targeted:
+            rule = self.settings.rules[p]
+            column = self.A_work[:, p]
+            if rule == "auto":
+                self.cuts[p] = noise_threshold(column)
+                continue
+            previous = self.cuts[p].threshold if self.cuts[p] is not None else 0.0
+            self.cuts[p], self.widths[p] = search_threshold(column, float(rule), previous, self.widths[p], self.window)
+        self.threshold_seconds += time.perf_counter() - started
+
+    def threshold(self) -> None:
+        """Cut the targeted columns of A_work into A, and bring AᵀA and AᵀM up to date (Frobenius)."""
+        self.find_cuts()
+        if not self.compiled:
+            for p in range(self.A.shape[1]):
+                cut = self.cuts[p]
+                if cut is None:
+                    self.A[:, p] = self.A_work[:, p]
+                else:
+                    self.n_zeroed[p] = apply_threshold(self.A_work[:, p], cut, self.A[:, p])
+            if self.frobenius and hasattr(self, "AtM"):
+                self.AtM[self.targeted] = _kept_rows_product(self.A[:, self.targeted], self.M, self.settings.block_rows)
+                self.AtA = _gram(self.A)
+            return
+
+        thresholds = np.array([0.0 if cut is None else cut.threshold for cut in self.cuts], dtype=self.A.dtype)
+        self.AtA = np.empty((self.A.shape[1], self.A.shape[1]))
+        counts = compiled.threshold_gram(self.A_work, self.A, thresholds, self.columns, self.AtA)
+        self.n_zeroed[self.targeted] = counts[1, self.targeted] - counts[0, self.targeted]
+        dense = self.kept > self.dense_limit
+        self.kept = counts[0]
+        if not hasattr(self, "AtM"):
+            return
+
+        # Sparse columns: their AᵀM is the sum over kept rows. Dense ones were summed from A_work in
+        # the A pass, so subtracting the cut rows' share leaves AᵀM.
+        correction = np.zeros((self.M.shape[0], len(self.targeted)), dtype=self.A.dtype)
+        for index, p in enumerate(self.targeted):
+            if dense[p]:
+                np.subtract(self.A[:, p], self.A_work[:, p], out=correction[:, index])
+            else:
+                correction[:, index] = self.A[:, p]
+        sums = self._reduce(lambda stripe: self._stripe_rows_product(stripe, correction, self.targeted))
+        for index, p in enumerate(self.targeted):
+            self.AtM[p] = (self.AtM[p] if dense[p] else 0.0) + sums[p]
 
     # ------------------------------------------------------------------ passes over M
 
     def frobenius_loss(self) -> float:
         if self.settings.gram_loss:
             return frobenius_loss(self.settings.norm_sq, self.AtM, self.AtA, self.S)
+        if self.compiled:
+            self._map(self._stripe_row_losses)
+            return float(sum(np.sum(stripe.row_losses, dtype=np.float64) for stripe in self.stripes))
         return float(sum(self._map(self._stripe_squared_residual)))
 
     def kl_statistics(self, divergence: bool) -> float:
@@ -205,9 +297,32 @@ class _Updater:
             return
         # One pass over M: each block's A update and its share of AᵀM read the block while it is in cache.
         self.SSt = self.S @ self.S.T
+        if self.compiled:
+            # Sparse targeted columns are summed later over their kept rows alone.
+            accumulate = np.ones(self.A.shape[1], dtype=bool)
+            accumulate[self.targeted] = self.kept[self.targeted] > self.dense_limit
+            self.AtM[...] = self._reduce(lambda stripe: self._stripe_frobenius_pass(stripe, accumulate))
+            return
         self.AtM[...] = 0.0
         for part in self._map(self._stripe_update_abundance):
             self.AtM += part
+
+    def _stripe_frobenius_pass(self, stripe: _Stripe, accumulate: np.ndarray) -> None:
+        rows = stripe.rows
+        compiled.frobenius_pass(
+            self.M[rows], self.A_work[rows], self.S, self.SSt, stripe.sums, accumulate, rows.start, self.settings.block_rows
+        )
+
+    def _stripe_rows_product(self, stripe: _Stripe, W: np.ndarray, columns: list[int] | None = None) -> None:
+        rows = stripe.rows
+        out = stripe.sums if columns is None else np.zeros((W.shape[1], self.M.shape[1]))
+        compiled.rows_product(self.M[rows], W[rows], out, rows.start, self.settings.block_rows)
+        if columns is not None:
+            stripe.sums[columns] = out
+
+    def _stripe_row_losses(self, stripe: _Stripe) -> None:
+        rows = stripe.rows
+        compiled.row_squared_residuals(self.M[rows], self.A[rows], self.S, stripe.row_losses)
 
     def _stripe_spectra_statistics(self, stripe: _Stripe) -> np.ndarray:
         AtM = np.zeros(self.AtM.shape)

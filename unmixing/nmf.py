@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from fluoscan.unmixing import compiled
 from fluoscan.unmixing.checks import (
     _SHOWN_PIXELS,
     DataWarning,
@@ -161,6 +162,8 @@ class SparseNMF:
         Number of wavelengths seen in fit.
     seconds_per_iter_ : float
         Wall time per iteration of the update loop.
+    threshold_seconds_per_iter_ : float
+        Wall time per iteration of the search for the sparsity thresholds, part of ``seconds_per_iter_``.
     """
 
     def __init__(
@@ -372,6 +375,7 @@ class SparseNMF:
             gram_loss=gram_loss,
             norm_sq=norm_sq,
             column_sums=column_sums,
+            compiled=compiled.AVAILABLE and loss is Loss.FROBENIUS,
         )
         return settings
 
@@ -438,6 +442,7 @@ class SparseNMF:
         self.saturated_pixels_[prepared.masked_rows] = True
         self.n_features_in_ = n_wavelengths
         self.seconds_per_iter_ = result.seconds / max(result.iterations_timed, 1)
+        self.threshold_seconds_per_iter_ = result.threshold_seconds / max(result.iterations_timed, 1)
 
         log.info(
             "stopped after %d iterations (%s), loss %.6g, %.3g s per iteration, sparsity reached %s",

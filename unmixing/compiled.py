@@ -1,0 +1,277 @@
+"""Single-pass Frobenius kernels compiled with numba, for the CPU update loop.
+
+The BLAS block kernels of :mod:`fluoscan.unmixing.kernels` read each block of M twice (M Sᵀ, then
+AᵀM) through matrix products whose inner dimension is the number of components P, a shape that BLAS
+runs far below its speed on square matrices. The kernels here visit M once per row: the P dot
+products of the A update, the new A row and its share of AᵀM all use the row while it sits in L1
+cache, so a pass costs little more than reading M from memory.
+
+Shapes: M (n_rows, n_wavelengths), A (n_rows, P), S (P, n_wavelengths), SSt (P, P).
+
+Every kernel releases the GIL (``nogil``), so that the update loop runs one stripe of rows per thread.
+Sums over a row run in the data's dtype; each ``block_rows`` rows, counted from global row 0, the
+block's float32 (or float64) partial sums are added to float64 accumulators. The blocks match the
+BLAS path's row blocks, so both paths round alike and a row-block (Dask) backend that passes each
+block's ``row_offset`` gets the same partial sums as the in-memory loop.
+
+numba is a dependency of pylablib, which fluoscan needs, so it is normally installed. When it is not,
+:data:`AVAILABLE` is False and the loop falls back to the BLAS kernels.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from fluoscan.unmixing.kernels import EPSILON
+
+log = logging.getLogger(__name__)
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover - numba comes with pylablib
+    AVAILABLE = False
+    log.info("numba is not installed; SparseNMF uses the BLAS block kernels")
+else:
+    AVAILABLE = True
+
+# Reassociation lets LLVM split each row's dot product into SIMD lanes, and contraction lets it use
+# fused multiply-adds. Both change only the rounding. No "fast" flags that assume finite values or
+# approximate the division are set, because the zero-denominator guard and the quotient must stay exact.
+_FASTMATH = {"reassoc", "contract"}
+
+
+# Rows whose AᵀM contributions are added to the partial sums in one sweep.
+_TILE_ROWS = 4
+
+
+def _compile(function):
+    if not AVAILABLE:
+        return None
+    # cache=True keeps the machine code in __pycache__, so that only the first fit on a machine compiles.
+    return njit(nogil=True, fastmath=_FASTMATH, cache=True)(function)
+
+
+def _frobenius_pass(M, A, S, SSt, AtM, accumulate, row_offset, block_rows):
+    """Update A ← A ∘ (M Sᵀ) ⊘ (A SSᵀ) in place, row by row, and add the new AᵀM to ``AtM``.
+
+    ``accumulate`` (P,) bool selects the columns whose AᵀM is summed; the others are left as they are.
+    """
+    n_rows, n_wavelengths = M.shape
+    n_components = S.shape[0]
+    numerator = np.empty(n_components, dtype=M.dtype)
+    denominator = np.empty(n_components, dtype=M.dtype)
+    partial = np.zeros((n_components, n_wavelengths), dtype=M.dtype)
+    boundary = (row_offset // block_rows + 1) * block_rows - row_offset
+    start = 0
+    while start < n_rows:
+        # Rows of the same block, at most 4, share one read-modify-write of the partial sums.
+        stop = min(start + _TILE_ROWS, n_rows, boundary)
+
+        for i in range(start, stop):
+            for p in range(n_components):
+                total = np.float32(0)
+                for j in range(n_wavelengths):
+                    total += M[i, j] * S[p, j]
+                numerator[p] = total
+            for p in range(n_components):
+                total = np.float32(0)
+                for q in range(n_components):
+                    total += A[i, q] * SSt[q, p]
+                denominator[p] = total if total != 0 else EPSILON
+            for p in range(n_components):
+                A[i, p] = A[i, p] * (numerator[p] / denominator[p])
+
+        for p in range(n_components):
+            if not accumulate[p]:
+                continue
+            if stop - start == _TILE_ROWS:
+                a0, a1, a2, a3 = A[start, p], A[start + 1, p], A[start + 2, p], A[start + 3, p]
+                for j in range(n_wavelengths):
+                    partial[p, j] += a0 * M[start, j] + a1 * M[start + 1, j] + a2 * M[start + 2, j] + a3 * M[start + 3, j]
+            else:
+                for i in range(start, stop):
+                    weight = A[i, p]
+                    for j in range(n_wavelengths):
+                        partial[p, j] += weight * M[i, j]
+
+        start = stop
+        if start == boundary or start == n_rows:
+            boundary += block_rows
+            for p in range(n_components):
+                for j in range(n_wavelengths):
+                    AtM[p, j] += partial[p, j]
+                    partial[p, j] = 0
+
+
+def _rows_product(M, W, out, row_offset, block_rows):
+    """Add Wᵀ M (q, n_wavelengths) to ``out``, skipping the rows of M where W is zero."""
+    n_rows, n_wavelengths = M.shape
+    n_columns = W.shape[1]
+    partial = np.zeros((n_columns, n_wavelengths), dtype=M.dtype)
+    boundary = (row_offset // block_rows + 1) * block_rows - row_offset
+    for i in range(n_rows):
+        if i == boundary:
+            boundary += block_rows
+            for p in range(n_columns):
+                for j in range(n_wavelengths):
+                    out[p, j] += partial[p, j]
+                    partial[p, j] = 0
+        for p in range(n_columns):
+            weight = W[i, p]
+            if weight != 0:
+                for j in range(n_wavelengths):
+                    partial[p, j] += weight * M[i, j]
+    for p in range(n_columns):
+        for j in range(n_wavelengths):
+            out[p, j] += partial[p, j]
+
+
+def _row_squared_residuals(M, A, S, out):
+    """Write ‖M_i − A_i S‖² of every row into ``out`` (n_rows,), forming one row of A S at a time."""
+    n_rows, n_wavelengths = M.shape
+    n_components = S.shape[0]
+    model = np.empty(n_wavelengths, dtype=M.dtype)
+    for i in range(n_rows):
+        model[:] = 0
+        for p in range(n_components):
+            weight = A[i, p]
+            for j in range(n_wavelengths):
+                model[j] += weight * S[p, j]
+        total = np.float32(0)
+        for j in range(n_wavelengths):
+            difference = M[i, j] - model[j]
+            total += difference * difference
+        out[i] = total
+
+
+def _threshold_gram(A_work, A, thresholds, columns, AtA):
+    """Write the cut A = A_work ∘ (A_work ≥ threshold) and its Gram matrix AᵀA (float64) into ``AtA``.
+
+    A threshold of 0 copies the column. ``columns`` (P, n_rows) receives Aᵀ, so that the Gram sums
+    run over contiguous memory. Returns a (2, P) int64 array: the non-zero entries of each column of
+    A, and of A_work.
+    """
+    n_rows, n_components = A_work.shape
+    counts = np.zeros((2, n_components), dtype=np.int64)
+    for p in range(n_components):
+        threshold = thresholds[p]
+        kept = 0
+        nonzero = 0
+        for i in range(n_rows):
+            value = A_work[i, p]
+            nonzero += value != 0
+            if value < threshold:
+                value = 0
+            A[i, p] = value
+            columns[p, i] = value
+            kept += value != 0
+        counts[0, p] = kept
+        counts[1, p] = nonzero
+    for p in range(n_components):
+        for q in range(p, n_components):
+            total = 0.0
+            for i in range(n_rows):
+                total += np.float64(columns[p, i]) * np.float64(columns[q, i])
+            AtA[p, q] = total
+            AtA[q, p] = total
+    return counts
+
+
+def _window_cut(column, target, low, high, window, tie_tolerance):
+    """Find the cut of a column closest to a sparsity target, among the cuts inside [low, high).
+
+    The steps and the rules (realisable cuts, ties to the denser cut) are those of
+    :func:`fluoscan.unmixing.sparsity.sparsity_threshold`; :mod:`fluoscan.unmixing.threshold_search`
+    explains why a cut found here is the full sort's. ``window`` is a float64 work buffer of the
+    column's length.
+
+    Returns (status, entries kept, threshold, largest value, sparsity, values in the window). Status
+    1: found, with threshold 0 when the cut keeps every non-zero entry; 0: the window does not
+    provably contain the cut; 2: the column is zero everywhere.
+    """
+    length = column.size
+    root = np.sqrt(length)
+    n_window = 0
+    n_nonzero = 0
+    peak = 0.0
+    n_high = 0
+    sum_high = 0.0
+    sum_sq_high = 0.0
+    min_high = np.inf
+    max_low = 0.0
+    for i in range(length):
+        value = np.float64(column[i])
+        if value <= 0:
+            continue
+        n_nonzero += 1
+        if value > peak:
+            peak = value
+        if value >= high:
+            n_high += 1
+            sum_high += value
+            sum_sq_high += value * value
+            if value < min_high:
+                min_high = value
+        elif value >= low:
+            window[n_window] = value
+            n_window += 1
+        elif value > max_low:
+            max_low = value
+    if n_nonzero == 0:
+        return 2, 0, 0.0, 0.0, np.nan, n_window
+
+    # Candidate j keeps n_high + j entries: j = 0 cuts at the window's top, j = n_window at its bottom.
+    values = np.sort(window[:n_window])[::-1]
+    sparsity = np.empty(n_window + 1)
+    total, total_sq = sum_high, sum_sq_high
+    for j in range(n_window + 1):
+        if j > 0:
+            total += values[j - 1]
+            total_sq += values[j - 1] * values[j - 1]
+        sparsity[j] = (root - total / np.sqrt(total_sq)) / (root - 1.0) if total_sq > 0 else np.nan
+
+    # Sparser cuts than the window's top are farther only if that cut is still at or above the target.
+    if n_high > 0 and sparsity[0] < target:
+        return 0, 0, 0.0, peak, np.nan, n_window
+    nearest = np.inf
+    for j in range(n_window + 1):
+        # A cut is realisable where the next value is strictly smaller; both window ends are.
+        realisable = n_high > 0 if j == 0 else (j == n_window or values[j - 1] > values[j])
+        if realisable and abs(sparsity[j] - target) < nearest:
+            nearest = abs(sparsity[j] - target)
+    if nearest == np.inf:
+        return 0, 0, 0.0, peak, np.nan, n_window
+    # Denser cuts than the window's bottom are farther only if the next one is already far below the target.
+    if n_high + n_window < n_nonzero:
+        total += max_low
+        total_sq += max_low * max_low
+        following = (root - total / np.sqrt(total_sq)) / (root - 1.0)
+        if not target - following > nearest + tie_tolerance:
+            return 0, 0, 0.0, peak, np.nan, n_window
+
+    # Candidates run from sparse to dense, so the last of the closest is the densest cut.
+    best = -1
+    for j in range(n_window + 1):
+        realisable = n_high > 0 if j == 0 else (j == n_window or values[j - 1] > values[j])
+        if realisable and abs(sparsity[j] - target) <= nearest + tie_tolerance:
+            best = j
+    threshold = min_high if best == 0 else values[best - 1]
+    if n_high + best == n_nonzero:
+        threshold = 0.0
+    return 1, n_high + best, threshold, peak, sparsity[best], n_window
+
+
+def _compile_exact(function):
+    if not AVAILABLE:
+        return None
+    # No fastmath: the search compares sums with the full sort's, so it keeps IEEE rounding.
+    return njit(nogil=True, cache=True)(function)
+
+
+frobenius_pass = _compile(_frobenius_pass)
+rows_product = _compile(_rows_product)
+row_squared_residuals = _compile(_row_squared_residuals)
+threshold_gram = _compile(_threshold_gram)
+window_cut = _compile_exact(_window_cut)

@@ -1,0 +1,88 @@
+"""Warm-started search for the sparsity threshold, with the same result as a full sort.
+
+:func:`fluoscan.unmixing.sparsity.sparsity_threshold` sorts a column to find the cut whose Hoyer
+sparsity is closest to the target. Between two iterations of the fit a column changes little, so the
+new cut lies near the previous one. :func:`search_threshold` reads the column once, keeps the sums
+of the values above a window around the previous threshold and sorts only the values inside the
+window. The sparsity of the top-k entries falls as k grows, so when the target's crossing lies inside
+the window, no cut outside it can be closer, and the result is the full sort's result. When it does
+not, the window widens, and after a few tries the full sort runs instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from fluoscan.unmixing import compiled
+from fluoscan.unmixing.sparsity import Threshold, sparsity_threshold
+
+log = logging.getLogger(__name__)
+
+# Relative half-width of the first window around the previous threshold, and its bounds.
+INITIAL_WIDTH = 0.05
+_MIN_WIDTH = 1e-3
+_MAX_WIDTH = 0.9
+# A window holding more values than this is narrowed for the next search.
+_LARGE_WINDOW = 512
+# Windows tried before the full sort.
+_MAX_TRIES = 6
+# Sparsity distances closer than this count as a tie, as in sparsity_threshold.
+_TIE_TOLERANCE = 1e-12
+
+
+def search_threshold(
+    column: np.ndarray, target: float, previous: float, width: float = INITIAL_WIDTH, window: np.ndarray | None = None
+) -> tuple[Threshold, float]:
+    """Find the cut of ``sparsity_threshold(column, target)`` by searching near a previous threshold.
+
+    Parameters
+    ----------
+    column : ndarray of shape (X,)
+        Non-negative weights of one component, X ≥ 2.
+    target : float
+        Target Hoyer sparsity in [0, 1].
+    previous : float
+        The column's threshold at the previous iteration; 0 or less runs the full sort.
+    width : float, default=0.05
+        Relative half-width of the first window, [previous·(1 − width), previous·(1 + width)).
+    window : ndarray of shape (X,), float64, optional
+        Work buffer, so that repeated searches allocate nothing.
+
+    Returns
+    -------
+    cut : Threshold
+        Equal to ``sparsity_threshold(column, target)``.
+    width : float
+        The half-width to start from at the next iteration: the one that held the answer, halved
+        when its window held more than 512 values.
+    """
+    if not compiled.AVAILABLE or not previous > 0 or not math.isfinite(previous):
+        return sparsity_threshold(column, target), width
+    window = np.empty(column.size) if window is None else window
+    for attempt in range(_MAX_TRIES):
+        low, high = previous * (1.0 - width), previous * (1.0 + width)
+        cut, n_window = _cut_in_window(column, target, low, high, window)
+        if cut is not None:
+            # A failed window costs a second read of the column, a wide one only a longer sort.
+            return cut, max(width / 2, _MIN_WIDTH) if n_window > _LARGE_WINDOW else width
+        width = min(width * 2, _MAX_WIDTH)
+    log.debug("threshold search fell back to a full sort (target %g, previous threshold %g)", target, previous)
+    return sparsity_threshold(column, target), INITIAL_WIDTH
+
+
+def _cut_in_window(
+    column: np.ndarray, target: float, low: float, high: float, window: np.ndarray
+) -> tuple[Threshold | None, int]:
+    """Return the closest cut when the window [low, high) provably contains it, else None, and the window's size."""
+    status, n_kept, threshold, peak, sparsity, n_window = compiled.window_cut(column, target, low, high, window, _TIE_TOLERANCE)
+    if status == 0:
+        return None, n_window
+    if status == 2:
+        return Threshold(threshold=0.0, beta=np.inf, n_kept=0, sparsity=np.nan), n_window
+    sparsity = float(np.clip(sparsity, 0.0, 1.0))
+    if threshold == 0:
+        return Threshold(threshold=0.0, beta=np.inf, n_kept=n_kept, sparsity=sparsity), n_window
+    return Threshold(threshold=float(threshold), beta=float(peak / threshold), n_kept=n_kept, sparsity=sparsity), n_window
