@@ -4,211 +4,36 @@
 when present) and writes PNG figures with an ``index.html`` that shows them next to the scan's
 metadata. :class:`PreviewWriter` redraws ``<store>-preview.png`` during a scan.
 
-The sparsity sweep is read from ``unmixing/sweep/``: ``targets`` (target,), ``n_zeroed`` (target,
-component), ``spectra_distance`` (target, component) and, optionally, ``abundance`` (target, y, x,
-component).
+The store is read by :mod:`fluoscan.cli.report_data` and the page is written by
+:mod:`fluoscan.cli.report_html`. :class:`PreviewWriter` is defined in :mod:`fluoscan.cli.preview`
+and re-exported here.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import html
-import json
 import logging
-import os
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
-from matplotlib.figure import Figure
 
 from fluoscan.acquisition.store import ScanStore
 from fluoscan.cli import figures
 from fluoscan.cli.figures import MapAxes
+from fluoscan.cli.preview import PreviewWriter  # noqa: F401 - fluoscan.cli.main imports it from here
+from fluoscan.cli.report_data import Unmixing, component_names, map_axes_of, read_unmixing, summarise_raw
+from fluoscan.cli.report_html import FigureEntry, write_index
 
 log = logging.getLogger(__name__)
 
-# Lines read from the raw cube at once while averaging it: bounds memory for large scans.
-_BLOCK_LINES = 32
 # Most sparsity targets drawn as map columns; more would shrink each map below readability.
 _MAX_SWEEP_COLUMNS = 6
-# After the last line is queued, the preview waits this long for the writer to store it.
-FINAL_WAIT_S = 10.0
-_FINAL_POLL_S = 0.1
 
 
 def default_report_dir(store_path: str | Path) -> Path:
     """Return the default report folder, ``<store>-report`` next to the store."""
     store_path = Path(store_path)
     return store_path.with_name(f"{store_path.name}-report")
-
-
-def preview_path(store_path: str | Path) -> Path:
-    """Return the scan preview's path, ``<store>-preview.png`` next to the store."""
-    store_path = Path(store_path)
-    return store_path.with_name(f"{store_path.name}-preview.png")
-
-
-# ---------------------------------------------------------------------------------- reading
-
-
-def map_axes_of(store: ScanStore) -> MapAxes:
-    """Return the map coordinates: x as stored, y read back, or planned where lines are missing.
-
-    y falls back to the planned positions (``scan.y_start_mm`` + i ``scan.step_mm``) when some
-    lines were not acquired or the readback is not monotonic, and to the line index without them.
-    """
-    x = store.x()
-    x_units = str(store.group["x"].attrs.get("units", "point index"))
-    y = store.y_mm()
-    steps = np.diff(y)
-    if np.all(np.isfinite(y)) and (len(y) < 2 or np.all(steps > 0) or np.all(steps < 0)):
-        return MapAxes(x=x, y=y, x_units=x_units, y_units="mm")
-    scan_config = (store.attrs.get("config") or {}).get("scan") or {}
-    if "y_start_mm" in scan_config and "step_mm" in scan_config:
-        planned = scan_config["y_start_mm"] + np.arange(len(y)) * scan_config["step_mm"]
-        return MapAxes(x=x, y=planned, x_units=x_units, y_units="mm")
-    return MapAxes(x=x, y=np.arange(len(y), dtype=float), x_units=x_units, y_units="line index")
-
-
-@dataclass
-class RawSummary:
-    """Averages of the dark-subtracted raw cube over the lines acquired."""
-
-    mean_image: np.ndarray  # (y, x) counts, NaN on lines not acquired
-    mean_spectrum: np.ndarray  # (wavelength,) counts
-    bright_spectrum: np.ndarray | None  # (wavelength,) counts, brightest 1 % of pixels
-    n_lines_done: int
-
-
-def _done_blocks(done: np.ndarray) -> list[slice]:
-    return [
-        slice(start, min(start + _BLOCK_LINES, len(done)))
-        for start in range(0, len(done), _BLOCK_LINES)
-        if done[start : start + _BLOCK_LINES].any()
-    ]
-
-
-def summarise_raw(store: ScanStore) -> RawSummary | None:
-    """Average the raw cube block by block; return None when no line is acquired."""
-    done = store.line_done()
-    if not done.any():
-        return None
-    n_lines, n_points, n_wavelengths = store.shape
-    dark = store.dark()
-    mean_image = np.full((n_lines, n_points), np.nan)
-    spectrum_sum = np.zeros(n_wavelengths)
-    blocks = _done_blocks(done)
-
-    def read_block(block: slice) -> np.ndarray:
-        cube = np.asarray(store.raw[block], dtype=np.float64)
-        if dark is not None:
-            cube -= dark[None, :, :]
-        cube[~done[block]] = np.nan
-        return cube
-
-    for block in blocks:
-        cube = read_block(block)
-        mean_image[block] = cube.mean(axis=2)
-        spectrum_sum += np.nansum(cube, axis=(0, 1))
-    n_pixels = int(done.sum()) * n_points
-
-    # A second pass collects the spectra of the brightest pixels, once their threshold is known.
-    threshold = np.nanpercentile(mean_image, 99)
-    bright_sum, n_bright = np.zeros(n_wavelengths), 0
-    for block in blocks:
-        bright = mean_image[block] >= threshold
-        if bright.any():
-            bright_sum += read_block(block)[bright].sum(axis=0)
-            n_bright += int(bright.sum())
-    bright_spectrum = bright_sum / n_bright if n_bright else None
-    return RawSummary(mean_image, spectrum_sum / n_pixels, bright_spectrum, int(done.sum()))
-
-
-@dataclass
-class Sweep:
-    """A sparsity sweep: one unmixing per sparsity target."""
-
-    targets: np.ndarray  # (target,)
-    n_zeroed: np.ndarray  # (target, component)
-    spectra_distance: np.ndarray  # (target, component)
-    abundance: np.ndarray | None  # (target, y, x, component)
-
-
-@dataclass
-class Unmixing:
-    """The arrays and attributes of a store's ``unmixing/`` group; each array may be absent."""
-
-    names: list[str]
-    attrs: dict[str, Any]
-    abundance: np.ndarray | None = None
-    abundance_units: str = "a.u."
-    spectra: np.ndarray | None = None
-    spectra_init: np.ndarray | None = None
-    residual: np.ndarray | None = None
-    residual_attrs: dict[str, Any] = field(default_factory=dict)
-    loss: np.ndarray | None = None
-    loss_attrs: dict[str, Any] = field(default_factory=dict)
-    sweep: Sweep | None = None
-
-
-def _array(group: zarr.Group, name: str) -> np.ndarray | None:
-    return np.asarray(group[name][:]) if name in group else None
-
-
-def component_names(group: zarr.Group, n_components: int) -> list[str]:
-    """Return the component names: the ``components`` attribute, the ``component`` array, or numbers."""
-    names = group.attrs.get("components")
-    if names is None and "component" in group:
-        names = [str(name) for name in np.asarray(group["component"][:])]
-    if names is None or len(names) != n_components:
-        if names is not None:
-            log.warning("%s names %d components, its arrays have %d; numbering them", group.path, len(names), n_components)
-        names = [f"component {index}" for index in range(n_components)]
-    return [str(name) for name in names]
-
-
-def read_unmixing(store: ScanStore) -> Unmixing | None:
-    """Read ``unmixing/`` (and ``unmixing/sweep/``) into memory; None when the store has none."""
-    if "unmixing" not in store.group:
-        return None
-    group = store.group["unmixing"]
-    abundance = _array(group, "abundance")
-    spectra = _array(group, "spectra")
-    n_components = 0
-    if abundance is not None:
-        n_components = abundance.shape[-1]
-    elif spectra is not None:
-        n_components = spectra.shape[0]
-
-    result = Unmixing(names=component_names(group, n_components), attrs=dict(group.attrs))
-    result.abundance, result.spectra = abundance, spectra
-    if abundance is not None:
-        result.abundance_units = str(group["abundance"].attrs.get("units", "a.u."))
-    result.spectra_init = _array(group, "spectra_init")
-    result.residual = _array(group, "residual")
-    if result.residual is not None:
-        result.residual_attrs = dict(group["residual"].attrs)
-    result.loss = _array(group, "loss")
-    if result.loss is not None:
-        result.loss_attrs = dict(group["loss"].attrs)
-
-    if "sweep" in group:
-        sweep = group["sweep"]
-        if all(name in sweep for name in ("targets", "n_zeroed", "spectra_distance")):
-            result.sweep = Sweep(
-                targets=np.asarray(sweep["targets"][:], dtype=np.float64),
-                n_zeroed=np.asarray(sweep["n_zeroed"][:]),
-                spectra_distance=np.asarray(sweep["spectra_distance"][:], dtype=np.float64),
-                abundance=_array(sweep, "abundance"),
-            )
-        else:
-            log.warning("%s/unmixing/sweep lacks targets, n_zeroed or spectra_distance; no sweep figure", store.path)
-    return result
 
 
 def per_component(value: Any, n_components: int) -> list[Any]:
@@ -223,14 +48,6 @@ def _format_number(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------- figures
-
-
-@dataclass(frozen=True)
-class FigureEntry:
-    """A figure file of the report folder and its caption in index.html."""
-
-    file: str
-    caption: str
 
 
 def loss_iterations(unmixing: Unmixing) -> np.ndarray:
@@ -398,111 +215,6 @@ def _truth_figures(store: ScanStore, unmixing: Unmixing, map_axes: MapAxes, outp
     return [FigureEntry("truth.png", "Ground truth of the simulated phantom (top) above the unmixed maps (bottom).")]
 
 
-# ---------------------------------------------------------------------------------- index.html
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-table { border-collapse: collapse; margin-bottom: 1.5em; }
-th, td { text-align: left; padding: 0.2em 1em 0.2em 0; vertical-align: top; }
-th { font-weight: 600; white-space: nowrap; }
-figure { margin: 0 0 2.5em 0; }
-figure img { max-width: 100%; border: 1px solid #ddd; }
-figcaption { color: #555; margin-top: 0.3em; }
-pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
-"""
-
-
-def _duration(started: str | None, finished: str | None) -> str | None:
-    try:
-        seconds = (dt.datetime.fromisoformat(finished) - dt.datetime.fromisoformat(started)).total_seconds()
-    except (TypeError, ValueError):
-        return None
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-def scan_summary(store: ScanStore) -> list[tuple[str, str]]:
-    """Return (label, value) rows describing the scan: status, times, raster, devices' settings."""
-    attrs = store.attrs
-    config = attrs.get("config") or {}
-    scan, laser, spectrometer = (config.get(name) or {} for name in ("scan", "laser", "spectrometer"))
-    n_lines, n_points, n_wavelengths = store.shape
-    wavelengths = store.wavelengths_nm()
-    x = store.x()
-    x_units = str(store.group["x"].attrs.get("units", ""))
-    rows = [
-        ("name", scan.get("name")),
-        ("status", f"{attrs.get('status')}" + (f" ({attrs['end_reason']})" if attrs.get("end_reason") else "")),
-        ("started (UTC)", attrs.get("started")),
-        ("finished (UTC)", attrs.get("finished")),
-        ("duration", _duration(attrs.get("started"), attrs.get("finished"))),
-        ("lines acquired", f"{int(store.line_done().sum())} of {n_lines}"),
-        ("cube (y, x, wavelength)", f"{n_lines} × {n_points} × {n_wavelengths}, {store.raw.dtype}"),
-        ("y", f"from {scan.get('y_start_mm')} mm in steps of {scan.get('step_mm')} mm" if scan else None),
-        ("x", f"{x[0]:g} to {x[-1]:g} {x_units}" if len(x) else None),
-        ("wavelength", f"{wavelengths.min():.1f} to {wavelengths.max():.1f} nm" if len(wavelengths) else None),
-        ("exposure", f"{scan.get('exposure_s')} s per line" if "exposure_s" in scan else None),
-        ("dark frames", scan.get("dark_frames")),
-        ("laser", f"{laser.get('power_mw')} mW at {laser.get('wavelength_nm')} nm" if laser else None),
-        ("drivers", ", ".join(f"{name} {(config.get(name) or {}).get('driver')}" for name in ("laser", "stage", "spectrometer")) if config else None),
-        ("sensor temperature setpoint", f"{spectrometer.get('temperature_c')} °C" if "temperature_c" in spectrometer else None),
-        ("imported from", attrs.get("imported_from")),
-        ("fluoscan version", attrs.get("fluoscan_version")),
-    ]
-    return [(label, str(value)) for label, value in rows if value is not None]
-
-
-def _table(rows: list[tuple[str, str]]) -> str:
-    cells = "".join(f"<tr><th>{html.escape(label)}</th><td>{html.escape(value)}</td></tr>" for label, value in rows)
-    return f"<table>{cells}</table>"
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return float(f"{value:.4g}")
-    if isinstance(value, (list, tuple)):
-        return [_rounded(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _rounded(item) for key, item in value.items()}
-    return value
-
-
-def _json_value(value: Any) -> str:
-    """Write an attribute for the page: strings as they are, anything else as JSON with 4 significant digits."""
-    return value if isinstance(value, str) else json.dumps(_rounded(value))
-
-
-def write_index(path: Path, store: ScanStore, entries: list[FigureEntry], unmixing_attrs: dict[str, Any] | None) -> Path:
-    """Write index.html: the scan's metadata, the devices, the unmixing parameters and the figures."""
-    attrs = store.attrs
-    title = html.escape(f"fluoscan report: {store.path.name}")
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"]
-    parts.append(f"<style>{_STYLE}</style></head><body><h1>{title}</h1>")
-    parts.append(f"<p>Store: <code>{html.escape(str(store.path.resolve()))}</code></p>")
-    parts.append("<h2>Scan</h2>" + _table(scan_summary(store)))
-
-    devices = attrs.get("devices")
-    if isinstance(devices, dict) and devices:
-        parts.append("<h2>Devices</h2>" + _table([(str(kind), _json_value(identity)) for kind, identity in devices.items()]))
-    if unmixing_attrs is not None:
-        rows = [(str(key), _json_value(value)) for key, value in sorted(unmixing_attrs.items())]
-        parts.append("<h2>Unmixing</h2>" + _table(rows))
-    else:
-        parts.append("<h2>Unmixing</h2><p>This store has no <code>unmixing/</code> group: run <code>fluoscan unmix</code>.</p>")
-
-    parts.append("<h2>Figures</h2>")
-    if not entries:
-        parts.append("<p>No figure: the store has no acquired line.</p>")
-    for entry in entries:
-        source, caption = html.escape(entry.file), html.escape(entry.caption)
-        parts.append(f'<figure><img src="{source}" alt="{caption}"><figcaption>{caption}</figcaption></figure>')
-    if attrs.get("config"):
-        configuration = html.escape(json.dumps(attrs["config"], indent=2))
-        parts.append(f"<details><summary>Full configuration</summary><pre>{configuration}</pre></details>")
-    parts.append("</body></html>\n")
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
-
-
 def write_report(store: str | Path, output_dir: str | Path | None = None) -> Path:
     """Write the figures of a store and an ``index.html`` that shows them with the scan's metadata.
 
@@ -538,147 +250,3 @@ def write_report(store: str | Path, output_dir: str | Path | None = None) -> Pat
     write_index(output / "index.html", scan, entries, unmixing.attrs if unmixing else None)
     log.info("report of %s: %d figures in %s", store_path, len(entries), output)
     return output
-
-
-# ---------------------------------------------------------------------------------- preview
-
-
-class PreviewWriter:
-    """Redraw ``<store>-preview.png`` with the lines acquired so far, every ``every`` lines.
-
-    Pass an instance as ``run_scan(..., on_line=PreviewWriter(store, every=10))``. A call only
-    starts a drawing thread and returns, so the scan loop does not wait for matplotlib. A drawing
-    took 0.1 to 0.3 s on a 2-core test machine. Requests made while a drawing runs are merged
-    into one more drawing. Each drawing reads only the lines written since the previous one.
-    A call logs its failures and never raises them into the scan.
-
-    Parameters
-    ----------
-    store_path : path
-        The store the scan writes.
-    every : int
-        Redraw after every ``every`` lines, and after the store's last line. The drawing after the
-        last line waits up to :data:`FINAL_WAIT_S` for the writer to store every line, and the
-        program's exit waits for that drawing (its thread is not a daemon).
-    """
-
-    def __init__(self, store_path: str | Path, every: int) -> None:
-        if every < 1:
-            raise ValueError(f"preview interval must be at least 1 line, got {every}")
-        self.store_path = Path(store_path)
-        self.every = every
-        self.path = preview_path(self.store_path)
-        self._calls = 0
-        self._failures = 0
-        self._n_lines: int | None = None
-        self._lock = threading.Lock()
-        self._worker: threading.Thread | None = None
-        self._pending = False
-        self._last_line_queued = False
-        self._store: ScanStore | None = None
-        self._image = np.empty((0, 0))
-        self._dark_mean: np.ndarray | None = None
-        self._read = np.zeros(0, dtype=bool)
-
-    def __call__(self, line_index: int) -> None:
-        try:
-            self._calls += 1
-            if self._store is None:
-                # Opening reads only metadata, and it gives the index of the last line.
-                self._open()
-            if line_index == self._n_lines - 1:
-                self._last_line_queued = True
-            elif self._calls % self.every:
-                return
-            with self._lock:
-                if self._worker is not None:
-                    self._pending = True
-                    return
-                # Not a daemon: a drawing under way at the end of the scan finishes before exit.
-                self._worker = threading.Thread(target=self._draw_until_idle, name="fluoscan-preview")
-                self._worker.start()
-        except Exception as exc:  # noqa: BLE001 - any failure here must leave the scan running
-            self._log_failure(exc)
-
-    @property
-    def image(self) -> np.ndarray:
-        """The preview's (y, x) image in counts: dark-subtracted mean over wavelength, NaN where not read yet."""
-        return self._image
-
-    def wait(self, timeout_s: float) -> bool:
-        """Wait for the drawing under way, if any; return False if it is still running after ``timeout_s``."""
-        with self._lock:
-            worker = self._worker
-        if worker is not None:
-            worker.join(timeout_s)
-            return not worker.is_alive()
-        return True
-
-    def _draw_until_idle(self) -> None:
-        while True:
-            try:
-                self.draw()
-                if self._last_line_queued and self._wait_for_unread_lines():
-                    # The scan calls the preview when a line is queued for the writer, so the last
-                    # lines reach the disk after the last call: draw once more when they have.
-                    self.draw()
-            except Exception as exc:  # noqa: BLE001 - logged; the next request tries again
-                self._log_failure(exc)
-            with self._lock:
-                if not self._pending:
-                    self._worker = None
-                    return
-                self._pending = False
-
-    def _wait_for_unread_lines(self) -> bool:
-        """Wait until every line is written, up to FINAL_WAIT_S; return True if any line is unread."""
-        deadline = time.monotonic() + FINAL_WAIT_S
-        done = self._store.line_done()
-        while not done.all() and time.monotonic() < deadline:
-            time.sleep(_FINAL_POLL_S)
-            done = self._store.line_done()
-        return bool((done & ~self._read).any())
-
-    def _log_failure(self, exc: Exception) -> None:
-        self._failures += 1
-        level = logging.WARNING if self._failures == 1 or self._failures % 100 == 0 else logging.DEBUG
-        log.log(level, "scan preview %s not updated (failure %d): %s", self.path, self._failures, exc)
-
-    def _open(self) -> ScanStore:
-        if self._store is None:
-            store = ScanStore.open(self.store_path)
-            n_lines, n_points, _ = store.shape
-            self._image = np.full((n_lines, n_points), np.nan)
-            self._read = np.zeros(n_lines, dtype=bool)
-            dark = store.dark()
-            self._dark_mean = dark.mean(axis=1) if dark is not None else None
-            self._store, self._n_lines = store, n_lines
-        return self._store
-
-    def draw(self) -> Path:
-        """Read the lines written since the last drawing and redraw the preview now, in this thread."""
-        store = self._open()
-        new = store.line_done() & ~self._read
-        for block in _done_blocks(new):
-            lines = np.flatnonzero(new[block]) + block.start
-            means = np.asarray(store.raw[block], dtype=np.float64).mean(axis=2)[lines - block.start]
-            self._image[lines] = means - self._dark_mean if self._dark_mean is not None else means
-            self._read[lines] = True
-
-        map_axes = map_axes_of(store)
-        width, height = figures.map_panel_size(map_axes, 1)
-        figure = Figure(figsize=(width, height + 0.3), layout="constrained")
-        n_done, n_lines = int(self._read.sum()), len(self._read)
-        figures.draw_map(
-            figure,
-            figure.subplots(),
-            self._image,
-            map_axes,
-            title=f"{self.store_path.name}: {n_done} of {n_lines} lines\nmean over wavelength",
-            colour_label="counts",
-            limits=figures.robust_limits(self._image),
-        )
-        partial = self.path.with_name(f".{self.path.name}.partial")
-        figure.savefig(partial, dpi=80, format="png")
-        os.replace(partial, self.path)
-        return self.path

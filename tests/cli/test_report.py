@@ -12,16 +12,9 @@ from typer.testing import CliRunner
 from fluoscan.acquisition.store import ScanStatus, ScanStore
 from fluoscan.cli import figures
 from fluoscan.cli.main import app
-from fluoscan.cli.report import (
-    PreviewWriter,
-    Unmixing,
-    default_report_dir,
-    loss_iterations,
-    map_axes_of,
-    pearson_r,
-    preview_path,
-    write_report,
-)
+from fluoscan.cli.preview import PreviewWriter, preview_path
+from fluoscan.cli.report import default_report_dir, loss_iterations, pearson_r, write_report
+from fluoscan.cli.report_data import Unmixing, map_axes_of
 
 N_LINES, N_POINTS, N_WAVELENGTHS = 12, 8, 16
 STEP_MM, PITCH_MM, Y_START_MM = 0.75, 0.5, 5.0
@@ -347,7 +340,7 @@ def test_preview_calls_return_at_once(tmp_path):
 
 def test_preview_failure_logged_not_raised(tmp_path, caplog):
     preview = PreviewWriter(tmp_path / "absent.zarr", every=1)
-    with caplog.at_level(logging.WARNING, logger="fluoscan.cli.report"):
+    with caplog.at_level(logging.WARNING, logger="fluoscan.cli.preview"):
         preview(0)
         assert preview.wait(10.0)
     assert "scan preview" in caplog.text
