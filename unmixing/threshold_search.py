@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 
 # Relative half-width of the first window around the previous threshold, and its bounds.
 INITIAL_WIDTH = 0.05
-_MIN_WIDTH = 1e-3
+_MIN_WIDTH = 0.005
 _MAX_WIDTH = 0.9
-# A window holding more values than this is narrowed for the next search.
-_LARGE_WINDOW = 512
+# The next window spans this many times the threshold's last relative move on either side: a
+# failed window costs a second read of the column, a wide one only a longer sort.
+_MOVE_MARGIN = 4.0
 # Windows tried before the full sort.
 _MAX_TRIES = 6
 # Sparsity distances closer than this count as a tie, as in sparsity_threshold.
@@ -56,18 +57,17 @@ def search_threshold(
     cut : Threshold
         Equal to ``sparsity_threshold(column, target)``.
     width : float
-        The half-width to start from at the next iteration: the one that held the answer, halved
-        when its window held more than 512 values.
+        The half-width to start from at the next iteration, from how far the threshold moved.
     """
     if not compiled.AVAILABLE or not previous > 0 or not math.isfinite(previous):
         return sparsity_threshold(column, target), width
     window = np.empty(column.size) if window is None else window
-    for attempt in range(_MAX_TRIES):
+    for _ in range(_MAX_TRIES):
         low, high = previous * (1.0 - width), previous * (1.0 + width)
-        cut, n_window = _cut_in_window(column, target, low, high, window)
+        cut = _cut_in_window(column, target, low, high, window)
         if cut is not None:
-            # A failed window costs a second read of the column, a wide one only a longer sort.
-            return cut, max(width / 2, _MIN_WIDTH) if n_window > _LARGE_WINDOW else width
+            move = abs(cut.threshold - previous) / previous
+            return cut, min(max(_MOVE_MARGIN * move, _MIN_WIDTH), _MAX_WIDTH)
         width = min(width * 2, _MAX_WIDTH)
     log.debug("threshold search fell back to a full sort (target %g, previous threshold %g)", target, previous)
     return sparsity_threshold(column, target), INITIAL_WIDTH
@@ -75,14 +75,14 @@ def search_threshold(
 
 def _cut_in_window(
     column: np.ndarray, target: float, low: float, high: float, window: np.ndarray
-) -> tuple[Threshold | None, int]:
-    """Return the closest cut when the window [low, high) provably contains it, else None, and the window's size."""
-    status, n_kept, threshold, peak, sparsity, n_window = compiled.window_cut(column, target, low, high, window, _TIE_TOLERANCE)
+) -> Threshold | None:
+    """Return the closest cut when the window [low, high) provably contains it, else None."""
+    status, n_kept, threshold, peak, sparsity, _ = compiled.window_cut(column, target, low, high, window, _TIE_TOLERANCE)
     if status == 0:
-        return None, n_window
+        return None
     if status == 2:
-        return Threshold(threshold=0.0, beta=np.inf, n_kept=0, sparsity=np.nan), n_window
+        return Threshold(threshold=0.0, beta=np.inf, n_kept=0, sparsity=np.nan)
     sparsity = float(np.clip(sparsity, 0.0, 1.0))
     if threshold == 0:
-        return Threshold(threshold=0.0, beta=np.inf, n_kept=n_kept, sparsity=sparsity), n_window
-    return Threshold(threshold=float(threshold), beta=float(peak / threshold), n_kept=n_kept, sparsity=sparsity), n_window
+        return Threshold(threshold=0.0, beta=np.inf, n_kept=n_kept, sparsity=sparsity)
+    return Threshold(threshold=float(threshold), beta=float(peak / threshold), n_kept=n_kept, sparsity=sparsity)

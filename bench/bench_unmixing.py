@@ -1,0 +1,191 @@
+"""Unmixing speed benchmarks U1, U2, U3 and the Dask scale benchmark D1.
+
+U1: SparseNMF seconds per iteration on a 65,536-pixel x 512-wavelength x 3-component float32 cube,
+    divided by the time of two streaming passes over the same matrix (two numpy column sums of M,
+    timed in the same run). Goal: at most 1.3.
+U2: time for SparseNMF to reach the final loss of scikit-learn's NMF(solver="mu") on the same data
+    and dtype, divided by scikit-learn's time. Goal: at most 1/3.
+U3: the sparsity-threshold search as a fraction of one iteration. Goal: at most 5 %.
+D1: peak memory and time of the Dask path (``unmix_store(..., backend="dask")``) on a store several
+    times larger than the Dask workers' memory limit.
+
+Every timing is the best of several repeats, and the reference passes are timed between the fits,
+so that other processes on the machine slow both sides of a ratio alike.
+
+    python bench/bench_unmixing.py [--skip-u2] [--skip-d1] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from fluoscan.unmixing import ConvergenceWarning, SparseNMF
+from fluoscan.unmixing.library import library_spectrum
+
+N_Y, N_X, N_WAVELENGTHS = 256, 256, 512
+COMPONENTS = ("autofluorescence", "icg_lnp", "af750")
+SPARSITY = [None, 0.9, 0.9]
+REPEATS = 3
+U1_ITERATIONS = 100
+
+
+def mouse_cube(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Return M (65,536 x 512, float32) and the true spectra: a body of autofluorescence, two marker tubes, shot and read noise."""
+    rng = np.random.default_rng(seed)
+    wavelengths_nm = np.linspace(700.0, 950.0, N_WAVELENGTHS)
+    S = np.stack([library_spectrum(name, wavelengths_nm) for name in COMPONENTS])
+    yy, xx = np.mgrid[0:N_Y, 0:N_X]
+    A = np.zeros((N_Y, N_X, 3))
+    A[..., 0] = 300.0 * np.exp(-(((yy - N_Y / 2) / (0.6 * N_Y)) ** 2 + ((xx - N_X / 2) / (0.4 * N_X)) ** 2))
+    A[..., 0] *= 1.0 + 0.2 * rng.random((N_Y, N_X))
+    A[N_Y // 3 : N_Y // 3 + 6, N_X // 8 : -N_X // 8, 1] = 400.0
+    A[2 * N_Y // 3 : 2 * N_Y // 3 + 6, N_X // 8 : -N_X // 8, 2] = 300.0
+    expected = A.reshape(-1, 3) @ S
+    M = rng.poisson(expected) + rng.normal(0.0, 3.0, expected.shape)
+    return np.clip(M, 0, None).astype(np.float32), S
+
+
+def best_seconds(function, repeats: int) -> float:
+    best = np.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def two_passes_s(M: np.ndarray) -> float:
+    """Best time of two streaming passes over M: two column sums, each reading every entry once."""
+
+    def passes() -> None:
+        M.sum(axis=0)
+        M.sum(axis=0)
+
+    return best_seconds(passes, 5)
+
+
+def quiet_fit(model: SparseNMF, M: np.ndarray, spectra_init: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit_transform(M, spectra_init)
+
+
+def bench_u1_u3(M: np.ndarray, S: np.ndarray) -> dict:
+    # The first fit compiles the kernels (or loads them from numba's cache) and is not timed.
+    quiet_fit(SparseNMF(3, sparsity=SPARSITY, max_iter=2, tol=0), M, S)
+    reference_s = np.inf
+    results = {}
+    for name, sparsity in (("sparse", SPARSITY), ("plain", None)):
+        per_iteration_s, search_s = np.inf, np.inf
+        for _ in range(REPEATS):
+            reference_s = min(reference_s, two_passes_s(M))
+            model = SparseNMF(3, sparsity=sparsity, max_iter=U1_ITERATIONS, tol=0)
+            quiet_fit(model, M, S)
+            if model.seconds_per_iter_ < per_iteration_s:
+                per_iteration_s, search_s = model.seconds_per_iter_, model.threshold_seconds_per_iter_
+        results[name] = {"seconds_per_iteration": per_iteration_s, "search_seconds_per_iteration": search_s}
+    reference_s = min(reference_s, two_passes_s(M))
+    results["two_passes_s"] = reference_s
+    for name in ("sparse", "plain"):
+        results[name]["u1"] = results[name]["seconds_per_iteration"] / reference_s
+    results["u3"] = results["sparse"]["search_seconds_per_iteration"] / results["sparse"]["seconds_per_iteration"]
+    return results
+
+
+def squared_error(M: np.ndarray, A: np.ndarray, S: np.ndarray) -> float:
+    """‖M − A S‖² in float64, block by block, the same measure for both fits."""
+    total = 0.0
+    for start in range(0, M.shape[0], 4096):
+        rows = slice(start, start + 4096)
+        residual = M[rows].astype(np.float64) - A[rows].astype(np.float64) @ S.astype(np.float64)
+        total += float(np.einsum("ij,ij->", residual, residual))
+    return total
+
+
+def bench_u2(M: np.ndarray, S: np.ndarray) -> dict:
+    from sklearn.decomposition import NMF
+
+    sklearn_s, sklearn_loss = np.inf, np.nan
+    for _ in range(2):
+        model = NMF(n_components=3, solver="mu", random_state=0)
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            W = model.fit_transform(M)
+        sklearn_s = min(sklearn_s, time.perf_counter() - started)
+        sklearn_loss = squared_error(M, W, model.components_)
+    sklearn_iterations = int(model.n_iter_)
+
+    # Find the first loss evaluation at or below scikit-learn's loss, then time a fit that stops there.
+    probe = SparseNMF(3, max_iter=2000, tol=0, loss_every=5)
+    quiet_fit(probe, M, S)
+    reached = np.flatnonzero(probe.loss_history_ <= sklearn_loss)
+    if reached.size == 0:
+        return {"sklearn_s": sklearn_s, "sklearn_loss": sklearn_loss, "sklearn_iterations": sklearn_iterations,
+                "reached": False, "best_loss": float(probe.loss_history_.min())}  # fmt: skip
+    iterations = int(reached[0]) * 5
+    fit_s, loss = np.inf, np.nan
+    for _ in range(REPEATS):
+        model = SparseNMF(3, max_iter=max(iterations, 1), tol=0)
+        started = time.perf_counter()
+        A = quiet_fit(model, M, S)
+        fit_s = min(fit_s, time.perf_counter() - started)
+        loss = squared_error(M, A, model.components_)
+    return {
+        "sklearn_s": sklearn_s,
+        "sklearn_loss": sklearn_loss,
+        "sklearn_iterations": sklearn_iterations,
+        "reached": bool(loss <= sklearn_loss * (1 + 1e-6)),
+        "iterations": iterations,
+        "fit_s": fit_s,
+        "fit_loss": loss,
+        "u2": fit_s / sklearn_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-u2", action="store_true", help="skip the scikit-learn comparison (about 30 s)")
+    parser.add_argument("--skip-d1", action="store_true", help="skip the Dask benchmark")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    M, S = mouse_cube()
+    figures: dict = {"shape": list(M.shape), "dtype": str(M.dtype)}
+    u = bench_u1_u3(M, S)
+    figures["u1_u3"] = u
+    print(
+        f"U1 seconds per iteration / two streaming passes ({u['two_passes_s'] * 1e3:.1f} ms): "
+        f"{u['sparse']['u1']:.2f} with sparsity {SPARSITY} ({u['sparse']['seconds_per_iteration'] * 1e3:.1f} ms), "
+        f"{u['plain']['u1']:.2f} without ({u['plain']['seconds_per_iteration'] * 1e3:.1f} ms) (goal <= 1.3)"
+    )
+    print(
+        f"U3 threshold search / iteration: {u['u3']:.1%} "
+        f"({u['sparse']['search_seconds_per_iteration'] * 1e3:.2f} ms) (goal <= 5 %)"
+    )
+    if not args.skip_u2:
+        u2 = bench_u2(M, S)
+        figures["u2"] = u2
+        if u2["reached"]:
+            print(
+                f"U2 time to scikit-learn's final loss / its time: {u2['u2']:.3f} "
+                f"({u2['fit_s']:.2f} s, {u2['iterations']} iterations, vs {u2['sklearn_s']:.2f} s, "
+                f"{u2['sklearn_iterations']} iterations) (goal <= 0.333)"
+            )
+        else:
+            print(f"U2 not reached: scikit-learn's loss {u2['sklearn_loss']:.6g}, SparseNMF's best {u2['best_loss']:.6g}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
