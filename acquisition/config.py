@@ -224,6 +224,13 @@ def _default_components() -> tuple[ComponentConfig, ...]:
     )
 
 
+class AbundanceStart(str, Enum):
+    """Starting values of the weights A in the unmixing."""
+
+    CONSTANT = "constant"
+    LSTSQ = "lstsq"
+
+
 class UnmixingConfig(_Section):
     """How a finished cube is unmixed."""
 
@@ -232,6 +239,11 @@ class UnmixingConfig(_Section):
     tol: float = Field(1e-5, ge=0, le=1, description="Stop when the relative decrease of the loss falls below this.")
     loss: str = Field("frobenius", description='"frobenius" or "kullback-leibler".')
     random_state: int | None = Field(0, description="Seed for any random initialisation.")
+    abundance_start: AbundanceStart = Field(
+        AbundanceStart.CONSTANT,
+        description='Initial weights: "constant" (one positive constant for every pixel, the published method) or '
+        '"lstsq" (the least-squares weights for the initial spectra; better when those come from the data).',
+    )
 
     @model_validator(mode="after")
     def _check_components(self) -> UnmixingConfig:

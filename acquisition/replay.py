@@ -31,9 +31,11 @@ def raster_config(
             "dark_frames": dark_frames,
         },
         "spectrometer": {"n_points": n_points, "point_pitch_mm": point_pitch_mm},
+        # Constant starting weights pull data-picked ("auto") spectra to the mean shape; least squares keeps them.
+        "unmixing": {"abundance_start": "lstsq"},
     }
     if component_names:
-        config["unmixing"] = {"components": [{"name": name, "spectrum": "auto"} for name in component_names]}
+        config["unmixing"]["components"] = [{"name": name, "spectrum": "auto"} for name in component_names]
     return config
 
 

@@ -171,3 +171,119 @@ def residual_map(M: np.ndarray, A: np.ndarray, S: np.ndarray, *, relative: bool 
         return residual
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(data_norm > 0, residual / data_norm, np.nan)
+
+
+class TruthScores(NamedTuple):
+    """Scores of an unmixing result against a known truth, per reference component.
+
+    Attributes
+    ----------
+    names : list of str
+        Reference component names, in the reference's order.
+    order : ndarray of shape (n_reference,)
+        Index of the estimated component matched to each reference component.
+    spectral_angle : ndarray of shape (n_reference,)
+        Angle in radians between each reference spectrum and its matched estimate.
+    correlation : ndarray of shape (n_reference,)
+        Pearson correlation of each reference map with its matched estimate.
+    background_error : float
+        Mean of the estimated background map over the marker sites, relative to the truth's mean
+        there, minus 1: negative where the background has holes at the sites. NaN without sites.
+    background_worst : float
+        Largest relative error of the background map at a single site pixel.
+    n_sites : int
+        Pixels counted as marker sites.
+    """
+
+    names: list[str]
+    order: np.ndarray
+    spectral_angle: np.ndarray
+    correlation: np.ndarray
+    background_error: float
+    background_worst: float
+    n_sites: int
+
+    @property
+    def mean_angle(self) -> float:
+        """Mean spectral angle (SAD) over the reference components, in radians."""
+        return float(np.mean(self.spectral_angle))
+
+
+def compare_to_truth(
+    truth_abundance: np.ndarray,
+    truth_spectra: np.ndarray,
+    abundance: np.ndarray,
+    spectra: np.ndarray,
+    *,
+    names: list[str] | None = None,
+    background: int = 0,
+    site_fraction: float = 0.5,
+) -> TruthScores:
+    """Score unmixed maps and spectra against the truth, after matching components by spectral angle.
+
+    NMF fixes each component only up to a factor shared by its map and its spectrum. So each map,
+    of the truth and of the estimate alike, is first multiplied by its spectrum's peak, which puts
+    both in counts at the peak of the spectrum. Free spectra of :class:`SparseNMF` and the
+    phantom's truth already have a peak of 1. Pixels that are NaN in either map (lines never
+    acquired) are left out.
+
+    Parameters
+    ----------
+    truth_abundance : array_like of shape (..., n_reference)
+    truth_spectra : array_like of shape (n_reference, n_wavelengths)
+    abundance : array_like of shape (..., n_estimated)
+    spectra : array_like of shape (n_estimated, n_wavelengths)
+    names : list of str, optional
+        Reference component names; default ``component_0``, ...
+    background : int, default=0
+        Index of the background (autofluorescence) among the reference components; every other
+        reference component is a marker.
+    site_fraction : float, default=0.5
+        A pixel is a marker site where a marker's true weight is at least this fraction of that
+        marker's maximum.
+
+    Returns
+    -------
+    TruthScores
+    """
+    truth_spectra = np.atleast_2d(np.asarray(truth_spectra, dtype=np.float64))
+    spectra = np.atleast_2d(np.asarray(spectra, dtype=np.float64))
+    n_reference = truth_spectra.shape[0]
+    if not 0 <= background < n_reference:
+        raise ValueError(f"background index {background} is outside the {n_reference} reference components")
+    if not 0.0 < site_fraction <= 1.0:
+        raise ValueError(f"site_fraction must be in (0, 1], got {site_fraction}")
+    # The matching's pairs are sorted by reference index, so its angles follow the reference's order.
+    matching = match_components(truth_spectra, spectra)
+    if matching.reference.size < n_reference:
+        raise ValueError(f"{spectra.shape[0]} estimated components cannot match {n_reference} reference components")
+    order = matching.order(n_reference)
+
+    truth = np.asarray(truth_abundance, dtype=np.float64).reshape(-1, n_reference) * truth_spectra.max(axis=1)
+    estimate = np.asarray(abundance, dtype=np.float64).reshape(-1, spectra.shape[0]) * spectra.max(axis=1)
+    estimate = estimate[:, order]
+    valid = np.all(np.isfinite(truth), axis=1) & np.all(np.isfinite(estimate), axis=1)
+    truth, estimate = truth[valid], estimate[valid]
+
+    markers = [p for p in range(n_reference) if p != background]
+    sites = np.zeros(truth.shape[0], dtype=bool)
+    for p in markers:
+        sites |= truth[:, p] >= site_fraction * truth[:, p].max(initial=0.0)
+    sites &= truth[:, background] > 0
+    if sites.any():
+        true_background = truth[sites, background]
+        error = estimate[sites, background] - true_background
+        background_error = float(error.mean() / true_background.mean())
+        background_worst = float(np.max(np.abs(error) / true_background))
+    else:
+        background_error = background_worst = float("nan")
+
+    return TruthScores(
+        names=list(names) if names is not None else [f"component_{p}" for p in range(n_reference)],
+        order=order,
+        spectral_angle=np.asarray(matching.angle),
+        correlation=map_correlation(truth, estimate),
+        background_error=background_error,
+        background_worst=background_worst,
+        n_sites=int(sites.sum()),
+    )

@@ -33,6 +33,7 @@ from fluoscan.acquisition.store import ScanStatus, ScanStore, StoreError, utc_no
 from fluoscan.unmixing.init import initial_spectra, mean_spectrum
 from fluoscan.unmixing.library import LIBRARY_NAMES
 from fluoscan.unmixing.metrics import residual_map, spectral_angle
+from fluoscan.unmixing.sparsity import AUTO_THRESHOLD_SIGMAS
 from fluoscan.unmixing.nmf import DataWarning, SparseNMF
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def unmix_store(
     overwrite: bool = True,
     force: bool = False,
     saturation_counts: int | None = None,
-    abundance_start: str = "constant",
+    abundance_start: str | None = None,
     n_jobs: int | None = None,
 ) -> Path:
     """Unmix the cube of a scan store with sparse NMF and write ``unmixing/`` into the store.
@@ -79,9 +80,10 @@ def unmix_store(
     saturation_counts : int, optional
         Raw count at which the camera saturates. Default: the largest value of an integer ``raw``
         dtype (65535 for uint16); no saturation for float data.
-    abundance_start : {"constant", "lstsq"}, default="constant"
+    abundance_start : {"constant", "lstsq"}, optional
         Initial weights (see :class:`~fluoscan.unmixing.SparseNMF`): one positive constant, as in the
-        published method, or the least-squares weights for the initial spectra.
+        published method, or the least-squares weights for the initial spectra. Replaces the
+        configuration's ``abundance_start`` (default "constant").
     n_jobs : int or None, default=None
         Threads for the passes over the cube (see :class:`~fluoscan.unmixing.SparseNMF`); None uses every core.
 
@@ -110,8 +112,8 @@ def unmix_store(
             )
         if GROUP in store.group and not overwrite:
             raise StoreError(f"store {path} already has an {GROUP}/ group; pass overwrite=True to replace it")
-        settings = _unmixing_settings(store, components, sparsity, max_iter, tol, loss)
-        _unmix(store, settings, saturation_counts, abundance_start=abundance_start, n_jobs=n_jobs)
+        settings = _unmixing_settings(store, components, sparsity, max_iter, tol, loss, abundance_start)
+        _unmix(store, settings, saturation_counts, n_jobs=n_jobs)
     return path
 
 
@@ -126,7 +128,7 @@ def sweep_sparsity(
     loss: str | None = None,
     force: bool = False,
     saturation_counts: int | None = None,
-    abundance_start: str = "constant",
+    abundance_start: str | None = None,
     n_jobs: int | None = None,
     keep_abundance: bool = True,
 ) -> Path:
@@ -170,7 +172,7 @@ def sweep_sparsity(
                 f"store {path} has status {store.status.value!r}, not 'complete'; pass force=True to sweep "
                 "the lines acquired so far"
             )
-        settings = _unmixing_settings(store, components, None, max_iter, tol, loss)
+        settings = _unmixing_settings(store, components, None, max_iter, tol, loss, abundance_start)
         names = [component.name for component in settings.components]
         if swept is None:
             swept = [component.name for component in settings.components if component.sparsity is not None]
@@ -185,12 +187,12 @@ def sweep_sparsity(
         for index, target in enumerate(targets):
             sparsity = [target if c.name in swept else c.sparsity for c in settings.components]
             log.info("sparsity sweep of %s: target %g for %s", path, target, list(swept))
-            model, A = _fit(problem, settings, sparsity, abundance_start=abundance_start, n_jobs=n_jobs)
+            model, A = _fit(problem, settings, sparsity, n_jobs=n_jobs)
             n_zeroed[index] = model.n_zeroed_
             distance[index] = spectral_angle(model.components_, problem.spectra_init)
             if keep_abundance:
                 abundance.append(problem.to_map(A))
-        _write_sweep(store, targets, names, list(swept), n_zeroed, distance, abundance)
+        _write_sweep(store, targets, names, list(swept), n_zeroed, distance, abundance, settings)
     return path
 
 
@@ -202,6 +204,7 @@ def _write_sweep(
     n_zeroed: np.ndarray,
     distance: np.ndarray,
     abundance: list[np.ndarray],
+    settings: UnmixingConfig,
 ) -> None:
     sweep = store.group.require_group(GROUP).create_group("sweep", overwrite=True)
     arrays = {
@@ -223,7 +226,9 @@ def _write_sweep(
         array = sweep.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape, dimension_names=dims)
         array[...] = values
         array.attrs.update(attrs)
-    sweep.attrs.update({"components": names, "swept": swept, "created": utc_now()})
+    sweep.attrs.update(
+        {"components": names, "swept": swept, "abundance_start": settings.abundance_start.value, "created": utc_now()}
+    )
     log.info("wrote %s/%s/sweep: %d targets for %s", store.path, GROUP, len(targets), swept)
 
 
@@ -280,9 +285,7 @@ def _read_problem(store: ScanStore, settings: UnmixingConfig, saturation_counts:
     return _Problem(M, done, saturated, spectra_init, components, n_lines, n_points)
 
 
-def _fit(
-    problem: _Problem, settings: UnmixingConfig, sparsity: list[Any], *, abundance_start: str, n_jobs: int | None
-) -> tuple[SparseNMF, np.ndarray]:
+def _fit(problem: _Problem, settings: UnmixingConfig, sparsity: list[Any], *, n_jobs: int | None) -> tuple[SparseNMF, np.ndarray]:
     model = SparseNMF(
         len(problem.components),
         sparsity=sparsity,
@@ -292,7 +295,7 @@ def _fit(
         tol=settings.tol,
         fixed_spectra=[component.fixed for component in problem.components],
         random_state=settings.random_state,
-        abundance_start=abundance_start,
+        abundance_start=settings.abundance_start.value,
         n_jobs=n_jobs,
     )
     with warnings.catch_warnings():
@@ -303,21 +306,59 @@ def _fit(
     return model, A
 
 
-def _unmix(
-    store: ScanStore, settings: UnmixingConfig, saturation_counts: int | None, *, abundance_start: str, n_jobs: int | None
-) -> None:
+def _unmix(store: ScanStore, settings: UnmixingConfig, saturation_counts: int | None, *, n_jobs: int | None) -> None:
     problem = _read_problem(store, settings, saturation_counts)
     sparsity = [component.sparsity for component in problem.components]
-    model, A = _fit(problem, settings, sparsity, abundance_start=abundance_start, n_jobs=n_jobs)
+    model, A = _fit(problem, settings, sparsity, n_jobs=n_jobs)
     abundance = problem.to_map(A)
     residual = problem.to_map(residual_map(problem.M, A, model.components_))
-    _write_result(store, model, problem.components, settings, abundance, residual)
+    evidence = auto_sparsity_evidence(model, A)
+    _write_result(store, model, problem.components, settings, abundance, residual, evidence)
     store.write_group_coordinates(GROUP, problem.names)
     log.info(
         "wrote %s/%s: %d iterations, %s, sparsity reached %s",
         store.path, GROUP, model.n_iter_, "converged" if model.converged_ else "not converged",
         _json_floats(model.sparsity_),
     )  # fmt: skip
+
+
+def auto_sparsity_evidence(model: SparseNMF, A: np.ndarray) -> list[dict[str, Any] | None]:
+    """Describe, for each component with the "auto" rule, the background statistics its threshold came from.
+
+    Values are in the units of ``A``, counts at the peak of each spectrum. The fit works on
+    unscaled weights, so each value is multiplied by the column's maximum over the fitted
+    (unsaturated) pixels and divided by the maximum that the rule saw.
+
+    Returns
+    -------
+    list of dict or None
+        Per component: None without the "auto" rule, else ``criterion``, ``sigmas``,
+        ``background_median``, ``background_sd``, ``threshold``, ``n_kept`` (pixels above the
+        threshold) and ``sparsity`` (the Hoyer sparsity that the cut gives, the chosen target).
+    """
+    fitted = ~model.saturated_pixels_
+    evidence: list[dict[str, Any] | None] = []
+    for p, (rule, cut) in enumerate(zip(model.sparsity_target_, model.thresholds_)):
+        if rule != "auto" or cut is None or not cut.peak > 0:
+            evidence.append(None)
+            continue
+        scale = float(A[fitted, p].max(initial=0.0)) / cut.peak
+        record = {
+            "criterion": f"keep weights above the median + {AUTO_THRESHOLD_SIGMAS:g} robust standard deviations",
+            "sigmas": AUTO_THRESHOLD_SIGMAS,
+            "background_median": cut.background_median * scale,
+            "background_sd": cut.background_sd * scale,
+            "threshold": cut.threshold * scale,
+            "n_kept": int(cut.n_kept),
+            "sparsity": None if not np.isfinite(cut.sparsity) else float(cut.sparsity),
+        }
+        log.info(
+            "auto sparsity of %s: %d pixels above %.4g counts (background %.4g ± %.4g), sparsity %.3f",
+            model.component_names_[p], record["n_kept"], record["threshold"], record["background_median"],
+            record["background_sd"], cut.sparsity,
+        )  # fmt: skip
+        evidence.append(record)
+    return evidence
 
 
 def _unmixing_settings(
@@ -327,6 +368,7 @@ def _unmixing_settings(
     max_iter: int | None,
     tol: float | None,
     loss: str | None,
+    abundance_start: str | None = None,
 ) -> UnmixingConfig:
     """Merge the store's unmixing configuration with the caller's overrides, and validate the result."""
     stored = (store.attrs.get("config") or {}).get("unmixing") or {}
@@ -346,7 +388,7 @@ def _unmixing_settings(
         chosen = [component.model_copy(update={"sparsity": target}) for component, target in zip(chosen, targets)]
 
     merged = {**base.model_dump(), "components": [component.model_dump() for component in chosen]}
-    for key, value in (("max_iter", max_iter), ("tol", tol), ("loss", loss)):
+    for key, value in (("max_iter", max_iter), ("tol", tol), ("loss", loss), ("abundance_start", abundance_start)):
         if value is not None:
             merged[key] = value
     try:
@@ -418,6 +460,7 @@ def _write_result(
     settings: UnmixingConfig,
     abundance: np.ndarray,
     residual: np.ndarray,
+    auto_evidence: list[dict[str, Any] | None],
 ) -> None:
     group = store.group.create_group(GROUP, overwrite=True)
     arrays = {
@@ -447,6 +490,7 @@ def _write_result(
             "components": [component.name for component in chosen],
             "sparsity_target": [component.sparsity for component in chosen],
             "sparsity_achieved": _json_floats(model.sparsity_),
+            "auto_sparsity": auto_evidence,
             "n_iter": int(model.n_iter_),
             "converged": bool(model.converged_),
             "loss": settings.loss,
