@@ -2,9 +2,13 @@
 
 Shapes: M (n_rows, n_wavelengths) data, A (n_rows, P) weights, S (P, n_wavelengths) spectra.
 
-The kernels work on any block of rows of M and A. Their statistics add up over blocks,
-which is what a block-wise (Dask) backend needs: the S update reads only AᵀM and AᵀA (or Aᵀ(M ⊘ AS)
-and the column sums of A), and the A update of a block reads only that block and S.
+Their statistics add up over blocks, which is what a block-wise (Dask) backend needs: the S update
+reads only AᵀM and AᵀA (or Aᵀ(M ⊘ AS) and the column sums of A), and the A update of a block reads
+only that block and S.
+
+The pass kernels at the end (:func:`frobenius_pass`, :func:`rows_product`,
+:func:`row_squared_residuals`, :func:`threshold_gram`) have the signatures of the compiled kernels
+in :mod:`fluoscan.unmixing.compiled` and run the same steps with BLAS, for when numba is missing.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ class Loss(str, Enum):
 
     FROBENIUS = "frobenius"
     KULLBACK_LEIBLER = "kullback-leibler"
-
 
 
 def spectra_statistics(
@@ -146,15 +149,52 @@ def _gram(A: np.ndarray) -> np.ndarray:
     return (A.T @ A).astype(np.float64)
 
 
-def _kept_rows_product(A_columns: np.ndarray, M: np.ndarray, block_rows: int) -> np.ndarray:
-    """Return A_columnsᵀ M in float64, reading only the rows of M where a column is non-zero."""
-    product = np.zeros((A_columns.shape[1], M.shape[1]))
-    rows = np.flatnonzero(np.any(A_columns != 0, axis=1))
-    if rows.size > M.shape[0] // 2:
-        for block in _row_blocks(M.shape[0], block_rows):
-            np.add(product, A_columns[block].T @ M[block], out=product)
-        return product
-    for start in range(0, rows.size, block_rows):
-        index = rows[start : start + block_rows]
-        np.add(product, A_columns[index].T @ M[index], out=product)
-    return product
+# ---------------------------------------------------------------------- pass kernels (BLAS)
+
+
+def _aligned_blocks(n_rows: int, row_offset: int, block_rows: int) -> list[slice]:
+    """Split rows [0, n_rows) at the multiples of ``block_rows`` counted from global row ``row_offset``."""
+    first = min(n_rows, (row_offset // block_rows + 1) * block_rows - row_offset)
+    starts = [0, *range(first, n_rows, block_rows)] if first < n_rows else [0]
+    return [slice(start, min(stop, n_rows)) for start, stop in zip(starts, [*starts[1:], n_rows])]
+
+
+def frobenius_pass(
+    M: np.ndarray,
+    A: np.ndarray,
+    S: np.ndarray,
+    SSt: np.ndarray,
+    AtM: np.ndarray,
+    accumulate: np.ndarray,
+    row_offset: int,
+    block_rows: int,
+) -> None:
+    """Update A ← A ∘ (M Sᵀ) ⊘ (A SSᵀ) in place and add the new AᵀM of the ``accumulate`` columns to ``AtM``."""
+    work = (np.empty((block_rows, A.shape[1]), A.dtype), np.empty((block_rows, A.shape[1]), A.dtype))
+    for rows in _aligned_blocks(M.shape[0], row_offset, block_rows):
+        size = rows.stop - rows.start
+        update_abundance(A[rows], M[rows], S, SSt, work=(work[0][:size], work[1][:size]))
+        AtM[accumulate] += A[rows][:, accumulate].T @ M[rows]
+
+
+def rows_product(M: np.ndarray, W: np.ndarray, out: np.ndarray, row_offset: int, block_rows: int) -> None:
+    """Add Wᵀ M (q, n_wavelengths) to ``out``, reading only the blocks where W is non-zero."""
+    for rows in _aligned_blocks(M.shape[0], row_offset, block_rows):
+        if W[rows].any():
+            out += W[rows].T @ M[rows]
+
+
+def row_squared_residuals(M: np.ndarray, A: np.ndarray, S: np.ndarray, out: np.ndarray) -> None:
+    """Write ‖M_i − A_i S‖² of every row into ``out`` (n_rows,)."""
+    for rows in _row_blocks(M.shape[0], 256):
+        residual = M[rows] - A[rows] @ S
+        out[rows] = np.einsum("ij,ij->i", residual, residual)
+
+
+def threshold_gram(
+    A_work: np.ndarray, A: np.ndarray, thresholds: np.ndarray, columns: np.ndarray, AtA: np.ndarray
+) -> np.ndarray:
+    """Write the cut A = A_work ∘ (A_work ≥ threshold) and AᵀA (float64) into ``AtA``; return the non-zero counts of A and A_work."""
+    np.multiply(A_work, A_work >= thresholds, out=A)
+    AtA[...] = _gram(A)
+    return np.stack([np.count_nonzero(A, axis=0), np.count_nonzero(A_work, axis=0)])

@@ -1,35 +1,46 @@
-"""The update loop of SparseNMF over one in-memory data matrix."""
+"""The update loop of SparseNMF, and its passes over an in-memory data matrix.
+
+The loop (:class:`_Updater`) holds A_work, the thresholded A, S and the reductions AᵀM and AᵀA.
+Every Frobenius pass over M goes through an executor with three methods (:meth:`frobenius_pass`,
+:meth:`rows_product`, :meth:`squared_residual`): :class:`StripeExecutor` runs them on an in-memory M,
+one stripe of rows per thread, and :class:`fluoscan.unmixing.dask_backend.DaskExecutor` on row
+blocks read from a Zarr store by Dask workers. The sparsity step, the S update and the stopping
+rule run on the caller's side, so that both give the same fit.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import Any, Protocol
 
 import numpy as np
 
+from fluoscan.unmixing import compiled, kernels
 from fluoscan.unmixing.kernels import (
     Loss,
     _gram,
-    _kept_rows_product,
     _row_blocks,
     frobenius_loss,
     kl_statistics,
-    squared_residual,
-    update_abundance,
     update_abundance_kl,
     update_spectra,
     update_spectra_kl,
 )
-from fluoscan.unmixing import compiled
-from fluoscan.unmixing.sparsity import Threshold, apply_threshold, noise_threshold
+from fluoscan.unmixing.sparsity import Threshold, noise_threshold
 from fluoscan.unmixing.threshold_search import INITIAL_WIDTH, search_threshold
 
 log = logging.getLogger(__name__)
+
+
+def pass_kernels(use_compiled: bool) -> ModuleType:
+    """Return the module whose pass kernels run: the numba ones when asked for and installed, else BLAS."""
+    return compiled if use_compiled and compiled.AVAILABLE else kernels
 
 
 @dataclass
@@ -61,8 +72,24 @@ class _LoopSettings:
     norm_sq: float = 0.0
     column_sums: np.ndarray | None = field(default=None, repr=False)
     initial_statistics: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
-    # Run the Frobenius passes with the numba kernels of fluoscan.unmixing.compiled.
+    # Run the Frobenius passes with the numba kernels of fluoscan.unmixing.compiled when installed.
     compiled: bool = False
+
+
+class Executor(Protocol):
+    """Runs the Frobenius passes over M for the update loop; A_work, A and W are (n_rows, ·) arrays in memory."""
+
+    n_rows: int
+    n_wavelengths: int
+
+    def frobenius_pass(self, A_work: np.ndarray, S: np.ndarray, SSt: np.ndarray, accumulate: np.ndarray) -> np.ndarray:
+        """Update A_work in place and return the new A_workᵀM of the ``accumulate`` columns (P, n_wavelengths), float64."""
+
+    def rows_product(self, W: np.ndarray) -> np.ndarray:
+        """Return Wᵀ M (q, n_wavelengths) in float64, reading only rows of M where W is non-zero."""
+
+    def squared_residual(self, A: np.ndarray, S: np.ndarray) -> float:
+        """Return ‖M − A S‖²."""
 
 
 @dataclass
@@ -71,102 +98,134 @@ class _Stripe:
 
     blocks: list[slice]
     ratio: np.ndarray
-    numerator: np.ndarray
-    denominator: np.ndarray
-    # Compiled path: float64 reductions of this stripe, and the squared residual of each of its rows.
-    sums: np.ndarray | None = None
-    row_losses: np.ndarray | None = None
+    sums: np.ndarray
+    row_losses: np.ndarray
 
     @property
     def rows(self) -> slice:
         return slice(self.blocks[0].start, self.blocks[-1].stop)
 
 
-class _Updater:
-    """The update loop over one data matrix, with A_work, the thresholded A, S and the reductions.
+class StripeExecutor:
+    """Passes over an in-memory M, one stripe of rows per thread.
 
-    The rows are split into one stripe per thread. Each pass over M runs the stripes in parallel
-    (BLAS and the compiled kernels release the GIL) and adds up their partial reductions in stripe
-    order, so that a fit repeats exactly with the same number of threads.
+    The kernels release the GIL, so the stripes run in parallel. Their partial sums are added in
+    stripe order, so that a fit repeats exactly with the same number of threads.
     """
 
-    def __init__(self, M: np.ndarray, A_work: np.ndarray, S: np.ndarray, settings: _LoopSettings) -> None:
-        self.M, self.A_work, self.S, self.settings = M, A_work, S, settings
+    def __init__(self, M: np.ndarray, n_threads: int, block_rows: int, ops: ModuleType) -> None:
+        self.M, self.block_rows, self.ops = M, block_rows, ops
+        self.n_rows, self.n_wavelengths = M.shape
+        blocks = _row_blocks(self.n_rows, block_rows)
+        block_size = blocks[0].stop - blocks[0].start
+        n_stripes = max(1, min(n_threads, len(blocks)))
+        self.stripes = []
+        for group in np.array_split(np.arange(len(blocks)), n_stripes):
+            stripe_blocks = [blocks[i] for i in group]
+            self.stripes.append(
+                _Stripe(
+                    blocks=stripe_blocks,
+                    ratio=np.empty((block_size, self.n_wavelengths), M.dtype),
+                    sums=np.zeros((0, self.n_wavelengths)),
+                    row_losses=np.empty(stripe_blocks[-1].stop - stripe_blocks[0].start, M.dtype),
+                )
+            )
+        self.pool: ThreadPoolExecutor | None = None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Start one thread per stripe, with BLAS limited to one thread, for the passes inside the block."""
+        if len(self.stripes) == 1:
+            yield
+            return
+        with ThreadPoolExecutor(len(self.stripes), thread_name_prefix="sparse-nmf") as pool, _single_threaded_blas():
+            self.pool = pool
+            try:
+                yield
+            finally:
+                self.pool = None
+
+    def map(self, work: Callable[[_Stripe], Any]) -> list[Any]:
+        if self.pool is None:
+            return [work(stripe) for stripe in self.stripes]
+        return list(self.pool.map(work, self.stripes))
+
+    def _reduce(self, n_sums: int, work: Callable[[_Stripe, np.ndarray], None]) -> np.ndarray:
+        """Run ``work(stripe, out)`` on every stripe, each adding into its own zeroed (n_sums, n_wavelengths) array, and sum them in stripe order."""
+        for stripe in self.stripes:
+            if stripe.sums.shape[0] != n_sums:
+                stripe.sums = np.zeros((n_sums, self.n_wavelengths))
+            stripe.sums[...] = 0.0
+        self.map(lambda stripe: work(stripe, stripe.sums))
+        total = self.stripes[0].sums.copy()
+        for stripe in self.stripes[1:]:
+            total += stripe.sums
+        return total
+
+    def frobenius_pass(self, A_work: np.ndarray, S: np.ndarray, SSt: np.ndarray, accumulate: np.ndarray) -> np.ndarray:
+        def work(stripe: _Stripe, out: np.ndarray) -> None:
+            rows = stripe.rows
+            self.ops.frobenius_pass(self.M[rows], A_work[rows], S, SSt, out, accumulate, rows.start, self.block_rows)
+
+        return self._reduce(A_work.shape[1], work)
+
+    def rows_product(self, W: np.ndarray) -> np.ndarray:
+        def work(stripe: _Stripe, out: np.ndarray) -> None:
+            rows = stripe.rows
+            self.ops.rows_product(self.M[rows], W[rows], out, rows.start, self.block_rows)
+
+        return self._reduce(W.shape[1], work)
+
+    def squared_residual(self, A: np.ndarray, S: np.ndarray) -> float:
+        def work(stripe: _Stripe) -> None:
+            rows = stripe.rows
+            self.ops.row_squared_residuals(self.M[rows], A[rows], S, stripe.row_losses)
+
+        self.map(work)
+        return float(sum(np.sum(stripe.row_losses, dtype=np.float64) for stripe in self.stripes))
+
+
+class _Updater:
+    """The update loop: S update, A pass, sparsity step and the stopping rule.
+
+    Frobenius passes go through ``executor``; the Kullback-Leibler loss needs a
+    :class:`StripeExecutor` over an in-memory M.
+    """
+
+    def __init__(self, executor: Executor, A_work: np.ndarray, S: np.ndarray, settings: _LoopSettings) -> None:
+        self.executor, self.A_work, self.S, self.settings = executor, A_work, S, settings
+        self.ops = pass_kernels(settings.compiled)
         n_pixels, n_components = A_work.shape
         self.targeted = [p for p, rule in enumerate(settings.rules) if rule is not None]
         self.frobenius = settings.loss is Loss.FROBENIUS
-        self.compiled = settings.compiled and self.frobenius
 
         self.A = np.empty_like(A_work) if self.targeted else A_work
         self.cuts: list[Threshold | None] = [None] * n_components
         self.n_zeroed = np.zeros(n_components, dtype=np.int64)
         self.widths = [INITIAL_WIDTH] * n_components
         self.window = np.empty(n_pixels)
-        self.columns = np.empty((n_components, n_pixels), dtype=A_work.dtype) if self.compiled else None
+        self.columns = np.empty((n_components, n_pixels), dtype=A_work.dtype)
         self.threshold_seconds = 0.0
         # Targeted columns with more kept entries than this are summed in the A pass and corrected
         # for their cut rows; sparser ones are summed over their kept rows only.
         self.dense_limit = n_pixels // 2
         self.kept = np.full(n_components, n_pixels, dtype=np.int64)
 
-        blocks = _row_blocks(n_pixels, settings.block_rows)
-        block_size = blocks[0].stop - blocks[0].start
-        n_stripes = max(1, min(settings.n_threads, len(blocks)))
-        self.stripes = []
-        for group in np.array_split(np.arange(len(blocks)), n_stripes):
-            stripe_blocks = [blocks[i] for i in group]
-            n_rows = stripe_blocks[-1].stop - stripe_blocks[0].start
-            self.stripes.append(
-                _Stripe(
-                    blocks=stripe_blocks,
-                    ratio=np.empty((block_size, M.shape[1]), M.dtype),
-                    numerator=np.empty((block_size, n_components), M.dtype),
-                    denominator=np.empty((block_size, n_components), M.dtype),
-                    sums=np.zeros((n_components, M.shape[1])) if self.compiled else None,
-                    row_losses=np.empty(n_rows, M.dtype) if self.compiled else None,
-                )
-            )
-        self.pool: ThreadPoolExecutor | None = None
-
         if self.targeted:
             self.threshold()
         if not self.frobenius:
             return
-        self.AtM = np.zeros((n_components, M.shape[1]))
+        self.AtM = np.zeros((n_components, executor.n_wavelengths))
         if settings.initial_statistics is not None and not self.targeted:
             self.AtM[...], self.AtA = settings.initial_statistics[0], settings.initial_statistics[1].copy()
             return
-        if self.compiled:
-            self.AtM[...] = self._reduce(lambda stripe: self._stripe_rows_product(stripe, self.A))
-        else:
-            for part in self._map(self._stripe_spectra_statistics):
-                self.AtM += part
+        self.AtM[...] = executor.rows_product(self.A)
         self.AtA = _gram(self.A)
 
     def run(self) -> _LoopResult:
-        if len(self.stripes) == 1:
+        running = self.executor.running() if hasattr(self.executor, "running") else contextlib.nullcontext()
+        with running:
             return self._iterate()
-        with ThreadPoolExecutor(len(self.stripes), thread_name_prefix="sparse-nmf") as pool, _single_threaded_blas():
-            self.pool = pool
-            try:
-                return self._iterate()
-            finally:
-                self.pool = None
-
-    def _map(self, work: Any) -> list[Any]:
-        if self.pool is None:
-            return [work(stripe) for stripe in self.stripes]
-        return list(self.pool.map(work, self.stripes))
-
-    def _reduce(self, work: Any) -> np.ndarray:
-        """Run ``work`` on every stripe, which fills ``stripe.sums``, and return their sum in stripe order."""
-        for stripe in self.stripes:
-            stripe.sums[...] = 0.0
-        self._map(work)
-        total = self.stripes[0].sums.copy()
-        for stripe in self.stripes[1:]:
-            total += stripe.sums
-        return total
 
     def _iterate(self) -> _LoopResult:
         settings = self.settings
@@ -237,119 +296,62 @@ class _Updater:
     def threshold(self) -> None:
         """Cut the targeted columns of A_work into A, and bring AᵀA and AᵀM up to date (Frobenius)."""
         self.find_cuts()
-        if not self.compiled:
-            for p in range(self.A.shape[1]):
-                cut = self.cuts[p]
-                if cut is None:
-                    self.A[:, p] = self.A_work[:, p]
-                else:
-                    self.n_zeroed[p] = apply_threshold(self.A_work[:, p], cut, self.A[:, p])
-            if self.frobenius and hasattr(self, "AtM"):
-                self.AtM[self.targeted] = _kept_rows_product(self.A[:, self.targeted], self.M, self.settings.block_rows)
-                self.AtA = _gram(self.A)
-            return
-
         thresholds = np.array([0.0 if cut is None else cut.threshold for cut in self.cuts], dtype=self.A.dtype)
         self.AtA = np.empty((self.A.shape[1], self.A.shape[1]))
-        counts = compiled.threshold_gram(self.A_work, self.A, thresholds, self.columns, self.AtA)
+        counts = self.ops.threshold_gram(self.A_work, self.A, thresholds, self.columns, self.AtA)
         self.n_zeroed[self.targeted] = counts[1, self.targeted] - counts[0, self.targeted]
         dense = self.kept > self.dense_limit
         self.kept = counts[0]
-        if not hasattr(self, "AtM"):
+        if not self.frobenius or not hasattr(self, "AtM"):
             return
 
         # Sparse columns: their AᵀM is the sum over kept rows. Dense ones were summed from A_work in
         # the A pass, so subtracting the cut rows' share leaves AᵀM.
-        correction = np.zeros((self.M.shape[0], len(self.targeted)), dtype=self.A.dtype)
+        correction = np.zeros((self.A.shape[0], len(self.targeted)), dtype=self.A.dtype)
         for index, p in enumerate(self.targeted):
             if dense[p]:
                 np.subtract(self.A[:, p], self.A_work[:, p], out=correction[:, index])
             else:
                 correction[:, index] = self.A[:, p]
-        sums = self._reduce(lambda stripe: self._stripe_rows_product(stripe, correction, self.targeted))
+        sums = self.executor.rows_product(correction)
         for index, p in enumerate(self.targeted):
-            self.AtM[p] = (self.AtM[p] if dense[p] else 0.0) + sums[p]
+            self.AtM[p] = (self.AtM[p] if dense[p] else 0.0) + sums[index]
 
     # ------------------------------------------------------------------ passes over M
 
     def frobenius_loss(self) -> float:
         if self.settings.gram_loss:
             return frobenius_loss(self.settings.norm_sq, self.AtM, self.AtA, self.S)
-        if self.compiled:
-            self._map(self._stripe_row_losses)
-            return float(sum(np.sum(stripe.row_losses, dtype=np.float64) for stripe in self.stripes))
-        return float(sum(self._map(self._stripe_squared_residual)))
+        return self.executor.squared_residual(self.A, self.S)
+
+    def update_abundance(self) -> None:
+        if not self.frobenius:
+            self.executor.map(self._stripe_update_abundance_kl)
+            return
+        # One pass over M: each row's A update and its share of AᵀM read the row while it is in cache.
+        # Sparse targeted columns are summed afterwards over their kept rows alone.
+        self.SSt = self.S @ self.S.T
+        accumulate = np.ones(self.A.shape[1], dtype=bool)
+        accumulate[self.targeted] = self.kept[self.targeted] > self.dense_limit
+        self.AtM[...] = self.executor.frobenius_pass(self.A_work, self.S, self.SSt, accumulate)
 
     def kl_statistics(self, divergence: bool) -> float:
         """Reduce Aᵀ(M ⊘ AS) and the column sums of A over the stripes; return D(M‖AS) when asked."""
         self.AtR = np.zeros(self.S.shape)
         self.A_sum = np.zeros(self.S.shape[0])
         total = 0.0
-        for AtR, A_sum, value in self._map(lambda stripe: self._stripe_kl_statistics(stripe, divergence)):
+        for AtR, A_sum, value in self.executor.map(lambda stripe: self._stripe_kl_statistics(stripe, divergence)):
             self.AtR += AtR
             self.A_sum += A_sum
             total += value
         return max(total, 0.0)
 
-    def update_abundance(self) -> None:
-        if not self.frobenius:
-            self._map(self._stripe_update_abundance_kl)
-            return
-        # One pass over M: each block's A update and its share of AᵀM read the block while it is in cache.
-        self.SSt = self.S @ self.S.T
-        if self.compiled:
-            # Sparse targeted columns are summed later over their kept rows alone.
-            accumulate = np.ones(self.A.shape[1], dtype=bool)
-            accumulate[self.targeted] = self.kept[self.targeted] > self.dense_limit
-            self.AtM[...] = self._reduce(lambda stripe: self._stripe_frobenius_pass(stripe, accumulate))
-            return
-        self.AtM[...] = 0.0
-        for part in self._map(self._stripe_update_abundance):
-            self.AtM += part
-
-    def _stripe_frobenius_pass(self, stripe: _Stripe, accumulate: np.ndarray) -> None:
-        rows = stripe.rows
-        compiled.frobenius_pass(
-            self.M[rows], self.A_work[rows], self.S, self.SSt, stripe.sums, accumulate, rows.start, self.settings.block_rows
-        )
-
-    def _stripe_rows_product(self, stripe: _Stripe, W: np.ndarray, columns: list[int] | None = None) -> None:
-        rows = stripe.rows
-        out = stripe.sums if columns is None else np.zeros((W.shape[1], self.M.shape[1]))
-        compiled.rows_product(self.M[rows], W[rows], out, rows.start, self.settings.block_rows)
-        if columns is not None:
-            stripe.sums[columns] = out
-
-    def _stripe_row_losses(self, stripe: _Stripe) -> None:
-        rows = stripe.rows
-        compiled.row_squared_residuals(self.M[rows], self.A[rows], self.S, stripe.row_losses)
-
-    def _stripe_spectra_statistics(self, stripe: _Stripe) -> np.ndarray:
-        AtM = np.zeros(self.AtM.shape)
-        for rows in stripe.blocks:
-            np.add(AtM, self.A[rows].T @ self.M[rows], out=AtM)
-        return AtM
-
-    def _stripe_update_abundance(self, stripe: _Stripe) -> np.ndarray:
-        AtM = np.zeros(self.AtM.shape)
-        for rows in stripe.blocks:
-            size = rows.stop - rows.start
-            work = (stripe.numerator[:size], stripe.denominator[:size])
-            update_abundance(self.A_work[rows], self.M[rows], self.S, self.SSt, work=work)
-            np.add(AtM, self.A_work[rows].T @ self.M[rows], out=AtM)
-        return AtM
-
-    def _stripe_squared_residual(self, stripe: _Stripe) -> float:
-        return sum(
-            squared_residual(self.A[rows], self.M[rows], self.S, stripe.ratio[: rows.stop - rows.start])
-            for rows in stripe.blocks
-        )
-
     def _stripe_kl_statistics(self, stripe: _Stripe, divergence: bool) -> tuple[np.ndarray, np.ndarray, float]:
+        M = self.executor.M
         AtR, A_sum, total = np.zeros(self.S.shape), np.zeros(self.S.shape[0]), 0.0
         for rows in stripe.blocks:
             block_AtR, block_sum, value = kl_statistics(
-                self.A[rows], self.M[rows], self.S, stripe.ratio[: rows.stop - rows.start], divergence=divergence
+                self.A[rows], M[rows], self.S, stripe.ratio[: rows.stop - rows.start], divergence=divergence
             )
             AtR += block_AtR
             A_sum += block_sum
@@ -357,8 +359,9 @@ class _Updater:
         return AtR, A_sum, total
 
     def _stripe_update_abundance_kl(self, stripe: _Stripe) -> None:
+        M = self.executor.M
         for rows in stripe.blocks:
-            update_abundance_kl(self.A_work[rows], self.M[rows], self.S, stripe.ratio[: rows.stop - rows.start])
+            update_abundance_kl(self.A_work[rows], M[rows], self.S, stripe.ratio[: rows.stop - rows.start])
 
 
 @contextlib.contextmanager
@@ -381,4 +384,5 @@ def _single_threaded_blas() -> Iterator[None]:
 
 def _run_updates(M: np.ndarray, A_work: np.ndarray, S: np.ndarray, settings: _LoopSettings) -> _LoopResult:
     """Iterate the updates on ``A_work`` and ``S`` in place; return the thresholded A and the loss history."""
-    return _Updater(M, A_work, S, settings).run()
+    executor = StripeExecutor(M, settings.n_threads, settings.block_rows, pass_kernels(settings.compiled))
+    return _Updater(executor, A_work, S, settings).run()
