@@ -196,7 +196,9 @@ class ComponentConfig(_Section):
 
     name: str = Field(description="Component name, e.g. autofluorescence, icg_lnp, af750.")
     sparsity: float | str | None = Field(
-        None, description='Hoyer sparsity target in [0, 1] for the weight map, "auto", or None for no constraint.'
+        None,
+        description='Hoyer sparsity target in [0, 1] for the weight map; "auto" to keep the weights above the '
+        "map's background (its median + 3 robust standard deviations); or None for no constraint.",
     )
     spectrum: str = Field(
         "mean",
