@@ -413,11 +413,19 @@ class SparseNMF:
         )  # fmt: skip
         self.spectra_init_ = S.copy()
         result = _run_updates(data, A_work, S, settings)
+        return self._finish(result, prepared, S, settings, n_pixels, stacklevel=5)
+
+    def _finish(
+        self, result: _LoopResult, prepared: _PreparedData, S: np.ndarray, settings: _LoopSettings, n_pixels: int, stacklevel: int
+    ) -> np.ndarray:
+        """Place the fitted weights, scale free spectra to a peak of 1 and set the fitted attributes; return A."""
+        n_components, names, rules, fixed, loss = self._validate(S)
+        n_wavelengths = S.shape[1]
         A = self._assemble_abundance(result, prepared, S, loss, n_pixels)
 
         # Free spectra are reported with a peak of 1; the weights carry the intensity.
         peaks = S.max(axis=1)
-        scale = np.where(fixed | (peaks <= 0), 1.0, peaks).astype(M.dtype)
+        scale = np.where(fixed | (peaks <= 0), 1.0, peaks).astype(S.dtype)
         S /= scale[:, None]
         A *= scale[None, :]
 
@@ -449,11 +457,11 @@ class SparseNMF:
             result.n_iter, "converged" if result.converged else "max_iter reached", final,
             self.seconds_per_iter_, np.round(self.sparsity_, 3).tolist(),
         )  # fmt: skip
-        self._warn_if_not_converged(result, stacklevel=4)
+        self._warn_if_not_converged(result, stacklevel=stacklevel)
         dead = [names[p] for p in range(n_components) if not A[:, p].any() or not S[p].any()]
         if dead:
             message = f"components {dead} ended at zero everywhere; the data may support fewer components"
-            warnings.warn(message, DataWarning, stacklevel=4)
+            warnings.warn(message, DataWarning, stacklevel=stacklevel)
         return A
 
     def _initial_spectra(
