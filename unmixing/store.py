@@ -56,6 +56,8 @@ def unmix_store(
     saturation_counts: int | None = None,
     abundance_start: str | None = None,
     n_jobs: int | None = None,
+    backend: str = "numpy",
+    scheduler: str | None = None,
 ) -> Path:
     """Unmix the cube of a scan store with sparse NMF and write ``unmixing/`` into the store.
 
@@ -86,6 +88,11 @@ def unmix_store(
         configuration's ``abundance_start`` (default "constant").
     n_jobs : int or None, default=None
         Threads for the passes over the cube (see :class:`~fluoscan.unmixing.SparseNMF`); None uses every core.
+    backend : {"numpy", "dask"}, default="numpy"
+        "numpy" reads the whole cube into memory. "dask" reads it in blocks of lines on Dask workers,
+        for cubes larger than memory (:mod:`fluoscan.unmixing.dask_backend`; Frobenius loss only).
+    scheduler : str, optional
+        With ``backend="dask"``: address of a Dask scheduler; None starts a local cluster.
 
     Returns
     -------
@@ -113,7 +120,14 @@ def unmix_store(
         if GROUP in store.group and not overwrite:
             raise StoreError(f"store {path} already has an {GROUP}/ group; pass overwrite=True to replace it")
         settings = _unmixing_settings(store, components, sparsity, max_iter, tol, loss, abundance_start)
-        _unmix(store, settings, saturation_counts, n_jobs=n_jobs)
+        if backend == "dask":
+            from fluoscan.unmixing.dask_backend import unmix_with_dask
+
+            unmix_with_dask(store, settings, saturation_counts, scheduler=scheduler)
+        elif backend == "numpy":
+            _unmix(store, settings, saturation_counts, n_jobs=n_jobs)
+        else:
+            raise ValueError(f'backend must be "numpy" or "dask", got {backend!r}')
     return path
 
 
@@ -335,8 +349,6 @@ def auto_sparsity_evidence(model: SparseNMF, A: np.ndarray) -> list[dict[str, An
         Per component: None without the "auto" rule, else ``criterion``, ``sigmas``,
         ``background_median``, ``background_sd``, ``threshold``, ``n_kept`` (pixels above the
         threshold) and ``sparsity`` (the Hoyer sparsity that the cut gives, the chosen target).
-        Both counts leave out saturated pixels, whose weights are estimated after the fit, so
-        ``sparsity`` differs from ``sparsity_achieved`` when a scan has some.
     """
     fitted = ~model.saturated_pixels_
     evidence: list[dict[str, Any] | None] = []
