@@ -349,6 +349,8 @@ def auto_sparsity_evidence(model: SparseNMF, A: np.ndarray) -> list[dict[str, An
         Per component: None without the "auto" rule, else ``criterion``, ``sigmas``,
         ``background_median``, ``background_sd``, ``threshold``, ``n_kept`` (pixels above the
         threshold) and ``sparsity`` (the Hoyer sparsity that the cut gives, the chosen target).
+        Both counts leave out saturated pixels, whose weights are estimated after the fit, so
+        ``sparsity`` differs from ``sparsity_achieved`` when a scan has some.
     """
     fitted = ~model.saturated_pixels_
     evidence: list[dict[str, Any] | None] = []
