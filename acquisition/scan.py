@@ -284,7 +284,8 @@ def _open_store(
         store.set_status(ScanStatus.ACQUIRING)
         return store
 
-    check_disk_space(output, config.scan.n_lines * n_points * n_wavelengths * 2)
+    dtype = np.dtype(devices.spectrometer.frame_dtype())
+    check_disk_space(output, config.scan.n_lines * n_points * n_wavelengths * dtype.itemsize)
     pitch = config.spectrometer.point_pitch_mm
     x = np.arange(n_points) * pitch if pitch is not None else np.arange(n_points, dtype=float)
     store = ScanStore.create(
@@ -293,6 +294,7 @@ def _open_store(
         wavelengths_nm=wavelengths_nm,
         x=x,
         x_units="mm" if pitch is not None else "point index",
+        dtype=dtype,
         attrs={"config": config.to_dict(), "devices": identities, "software": software_versions()},
         overwrite=overwrite,
         part=part,

@@ -417,6 +417,10 @@ class AndorSpectrometer:
     def frame_shape(self) -> tuple[int, int]:
         return self._geometry.n_points, self._geometry.n_wavelengths
 
+    def frame_dtype(self) -> np.dtype:
+        """Return uint16: pylablib reads SDK2 frames with GetImages16."""
+        return np.dtype(np.uint16)
+
     @property
     def exposure_s(self) -> float:
         return self._exposure_s

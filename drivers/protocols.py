@@ -104,6 +104,10 @@ class Spectrometer(Device, Protocol):
         """Return (n_points, n_wavelengths), the shape of every frame from :meth:`acquire`."""
         ...
 
+    def frame_dtype(self) -> np.dtype:
+        """Return the data type of every frame from :meth:`acquire` (uint16 for a 16-bit camera)."""
+        ...
+
     def temperature_c(self) -> float:
         """Return the sensor temperature, in degrees Celsius."""
         ...

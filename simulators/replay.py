@@ -95,6 +95,10 @@ class ReplaySpectrometer:
         _, n_points, n_wavelengths = self._raw.shape
         return n_points, n_wavelengths
 
+    def frame_dtype(self) -> np.dtype:
+        """Return the recorded store's ``raw`` dtype (float32 for an imported cube of reflectances, say)."""
+        return self._dtype
+
     def temperature_c(self) -> float:
         """Return the recorded cooler setpoint, or NaN when the store does not have it."""
         return float(self._temperature_c) if self._temperature_c is not None else math.nan
