@@ -127,6 +127,26 @@ def scan(
     typer.echo(f"{'reference acquisition' if reference else 'scan'} written to {output}")
 
 
+def _split_names(text: str | None) -> list[str] | None:
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
+def _parse_targets(text: str) -> list[float | str | None]:
+    targets: list[float | str | None] = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if item in ("none", ""):
+            targets.append(None)
+        elif item == "auto":
+            targets.append("auto")
+        else:
+            try:
+                targets.append(float(item))
+            except ValueError:
+                raise typer.BadParameter(f'sparsity target {item!r} is not a number in [0, 1], "none" or "auto"') from None
+    return targets
+
+
 @app.command()
 def unmix(
     ctx: typer.Context,
@@ -140,20 +160,56 @@ def unmix(
     ] = None,
     max_iter: Annotated[Optional[int], typer.Option(help="Iteration cap.")] = None,
     tol: Annotated[Optional[float], typer.Option(help="Relative loss decrease at which the fit stops.")] = None,
+    abundance_start: Annotated[
+        Optional[str],
+        typer.Option(help='Starting weights: "constant" (the published method) or "lstsq" (least squares on the initial spectra).'),
+    ] = None,
+    sweep: Annotated[
+        Optional[str],
+        typer.Option(help="Also unmix once per comma-separated sparsity target and store the trends in unmixing/sweep."),
+    ] = None,
+    swept: Annotated[
+        Optional[str], typer.Option(help="Components whose target the sweep varies; default: those with a target.")
+    ] = None,
+    no_sweep_maps: Annotated[bool, typer.Option("--no-sweep-maps", help="Store only the sweep's curves, not its maps.")] = False,
+    dask: Annotated[bool, typer.Option("--dask", help="Read the cube in blocks with Dask, for cubes larger than memory.")] = False,
+    scheduler: Annotated[
+        Optional[str], typer.Option(help="Dask scheduler address; default: a local cluster on this machine.")
+    ] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Do not write figures.")] = False,
 ) -> None:
     """Unmix an existing store into abundance maps and spectra (written to its unmixing/ group)."""
-    from fluoscan.unmixing import unmix_store
+    from fluoscan.unmixing import sweep_sparsity, unmix_store
 
-    names = [name.strip() for name in components.split(",")] if components else None
-    targets = None
-    if sparsity:
-        targets = []
-        for item in sparsity.split(","):
-            item = item.strip().lower()
-            targets.append(None if item in ("none", "") else item if item == "auto" else float(item))
     with handle_errors(ctx):
-        unmix_store(store, components=names, sparsity=targets, max_iter=max_iter, tol=tol)
+        names = _split_names(components)
+        targets = _parse_targets(sparsity) if sparsity else None
+        if scheduler and not dask:
+            raise typer.BadParameter("--scheduler needs --dask")
+        unmix_store(
+            store,
+            components=names,
+            sparsity=targets,
+            max_iter=max_iter,
+            tol=tol,
+            abundance_start=abundance_start,
+            backend="dask" if dask else "numpy",
+            scheduler=scheduler,
+        )
+        if sweep:
+            sweep_targets = _parse_targets(sweep)
+            if not all(isinstance(target, float) for target in sweep_targets):
+                raise typer.BadParameter(f"--sweep takes numbers in [0, 1], got {sweep!r}")
+            sweep_sparsity(
+                store,
+                sweep_targets,
+                swept=_split_names(swept),
+                components=names,
+                max_iter=max_iter,
+                tol=tol,
+                abundance_start=abundance_start,
+                keep_abundance=not no_sweep_maps,
+            )
         if not no_report:
             _write_report(store)
     typer.echo(f"unmixing written to {store}/unmixing")

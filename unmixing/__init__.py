@@ -5,7 +5,9 @@ arrays and does no I/O; :func:`unmix_store` reads a scan store and writes its ``
 """
 
 from fluoscan.unmixing.metrics import (
+    TruthScores,
     abundance_rmse,
+    compare_to_truth,
     map_correlation,
     match_components,
     residual_map,
@@ -20,7 +22,9 @@ __all__ = [
     "DataWarning",
     "Loss",
     "SparseNMF",
+    "TruthScores",
     "abundance_rmse",
+    "compare_to_truth",
     "hoyer_sparsity",
     "map_correlation",
     "match_components",
