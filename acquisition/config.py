@@ -76,7 +76,7 @@ class LaserConfig(_Section):
 
 
 class HomingPolicy(str, Enum):
-    """What the scan does with a stage that has no reference position."""
+    """Policy for a stage that has no reference position (is not homed)."""
 
     HOME = "home"
     REQUIRE = "require"
@@ -234,7 +234,7 @@ class AbundanceStart(str, Enum):
 
 
 class UnmixingConfig(_Section):
-    """How a finished cube is unmixed."""
+    """Settings of the unmixing of a finished cube."""
 
     components: tuple[ComponentConfig, ...] = Field(default_factory=_default_components)
     max_iter: int = Field(500, ge=1, le=1_000_000, description="Iteration cap.")

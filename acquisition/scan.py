@@ -1,8 +1,8 @@
 """The scan: the lab procedure for one spectrally resolved line scan of an animal.
 
-Open the devices, check everything that can be checked before the laser emits, home the stage,
-take dark frames with the laser off, switch the laser on, and for each line move, wait, read back the
-position, acquire, and hand the frame to the writer. The laser is switched off at the end, on every
+Open the devices and check everything that can be checked before the laser emits. Home the stage
+and take dark frames with the laser off. Switch the laser on, then for each line move, wait, read
+back the position, acquire, and hand the frame to the writer. The laser is switched off at the end, on every
 error and on Ctrl-C or SIGTERM; :func:`laser_emitting` is the one place that rule lives.
 """
 
@@ -30,9 +30,9 @@ from fluoscan.drivers import DeviceError, Laser
 
 log = logging.getLogger(__name__)
 
-# Configuration keys that may differ between an interrupted scan and its resumption: they change
-# neither the raster nor the data, only addresses (a device may come back on another port; its
-# identity is checked separately), timeouts, buffering, timing of simulated devices and unmixing.
+# Configuration keys that may differ between an interrupted scan and its resumption. They change
+# neither the raster nor the data: a device may come back on another port (its identity is checked
+# separately), and timeouts, buffering, simulated timing and unmixing do not touch the frames.
 RESUMABLE_KEYS = frozenset(
     {
         "laser.resource",
@@ -191,7 +191,7 @@ def check_output(output: Path, *, resume: bool, overwrite: bool, part: str | Non
     what = "reference acquisition" if part == REFERENCE else "scan"
     if resume:
         if (part or MAIN) not in present:
-            raise StoreError(f"cannot resume: {output} holds no {what}; start it without --resume")
+            raise StoreError(f"cannot resume: {output} contains no {what}; start it without --resume")
         return
     if (part or MAIN) in present and not overwrite:
         held = "already holds a reference acquisition" if part == REFERENCE else "already exists"
@@ -369,8 +369,9 @@ def run_scan(
         Passed to device factories as ``DeviceContext.options`` (fault injection in tests).
     reference : bool
         Record the reference acquisition (the animal before the markers are given) into the group
-        ``reference/`` of ``output``, next to the main scan; unmixing can start autofluorescence from
-        its mean spectrum (``spectrum = "reference"``). ``on_complete`` is not called for it.
+        ``reference/`` of ``output``, next to the main scan. Unmixing can then start the
+        autofluorescence from its mean spectrum (``spectrum = "reference"``). ``on_complete`` is not
+        called for it.
 
     Raises
     ------

@@ -180,7 +180,7 @@ def test_resume_refuses_other_configuration(tmp_path, changes, message):
 
 
 def test_resume_of_missing_store(tmp_path):
-    with pytest.raises(StoreError, match=r"cannot resume: .*s\.zarr holds no scan; start it without --resume"):
+    with pytest.raises(StoreError, match=r"cannot resume: .*s\.zarr contains no scan; start it without --resume"):
         run_scan(small_config(), tmp_path / "s.zarr", resume=True)
 
 
