@@ -32,6 +32,7 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -44,7 +45,7 @@ import numpy as np
 from fluoscan.acquisition.store import ScanStore, StoreError
 from fluoscan.unmixing.checks import DataWarning, _check_spectra_init, _PreparedData
 from fluoscan.unmixing.init import initial_spectrum
-from fluoscan.unmixing.kernels import Loss
+from fluoscan.unmixing.kernels import Loss, _row_blocks
 from fluoscan.unmixing.loop import _LoopSettings, _Updater, pass_kernels
 from fluoscan.unmixing.nmf import _LSTSQ_FLOOR, SparseNMF, _constant_abundance
 
@@ -52,6 +53,11 @@ log = logging.getLogger(__name__)
 
 # float32 bytes of M in one task's block of lines; a task holds about three times this.
 DEFAULT_BLOCK_BYTES = 32 * 2**20
+# A block takes at most this fraction of the smallest worker memory limit, so that a worker's
+# interpreter, its libraries and one task's arrays stay well inside the limit.
+_BLOCK_FRACTION_OF_LIMIT = 1 / 16
+# Rows whose float64 residual one step of the residual task forms.
+_RESIDUAL_ROWS = 4096
 # Seconds that one pass over the store may take before the fit is abandoned.
 DEFAULT_PASS_TIMEOUT_S = 3600.0
 # Seconds allowed to connect to a scheduler.
@@ -72,6 +78,9 @@ class _Block:
 # ---------------------------------------------------------------------- work done on the workers
 
 
+_thread_buffers = threading.local()
+
+
 @functools.lru_cache(maxsize=8)
 def _open_raw(raw_path: str) -> Any:
     import zarr
@@ -79,12 +88,28 @@ def _open_raw(raw_path: str) -> Any:
     return zarr.open_array(raw_path, mode="r", zarr_format=3)
 
 
+def _float_buffer(shape: tuple[int, ...]) -> np.ndarray:
+    """Return a float32 array of ``shape`` that this thread reuses from task to task.
+
+    A fresh array per task would be mapped and faulted in page by page each time, which cost
+    more system time than the task's arithmetic. Task results never point into this buffer.
+    """
+    size = int(np.prod(shape))
+    buffer = getattr(_thread_buffers, "float32", None)
+    if buffer is None or buffer.size < size:
+        buffer = np.empty(size, dtype=np.float32)
+        _thread_buffers.float32 = buffer
+    return buffer[:size].reshape(shape)
+
+
 def _read_block(raw_path: str, start_line: int, stop_line: int, dark: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Return the raw counts (lines, x, wavelength) and M (pixels, wavelength) float32 minus dark, unclipped."""
     raw = np.asarray(_open_raw(raw_path)[start_line:stop_line])
-    cube = raw.astype(np.float32)
-    if dark is not None:
-        cube -= dark[None, :, :]
+    cube = _float_buffer(raw.shape)
+    if dark is None:
+        np.copyto(cube, raw, casting="unsafe")
+    else:
+        np.subtract(raw, dark[None, :, :], out=cube, dtype=np.float32)
     return raw, cube.reshape(-1, cube.shape[-1])
 
 
@@ -176,8 +201,12 @@ def _least_squares_task(
 def _residual_task(raw_path: str, lines: tuple[int, int], dark: np.ndarray | None, A: np.ndarray, S: np.ndarray) -> np.ndarray:
     """Return ‖m − a S‖ of every acquired pixel of the block, from the unclipped data, in float64."""
     M = _read_block(raw_path, *lines, dark)[1]
-    residual = M.astype(np.float64) - A.astype(np.float64) @ S.astype(np.float64)
-    return np.sqrt(np.einsum("ij,ij->i", residual, residual))
+    S = S.astype(np.float64)
+    norms = np.empty(M.shape[0])
+    for rows in _row_blocks(M.shape[0], _RESIDUAL_ROWS):
+        residual = M[rows].astype(np.float64) - A[rows].astype(np.float64) @ S
+        norms[rows] = np.sqrt(np.einsum("ij,ij->i", residual, residual))
+    return norms
 
 
 # ---------------------------------------------------------------------- the client side
@@ -337,7 +366,8 @@ def fit_store(
     n_workers, memory_limit
         LocalCluster settings (see :func:`dask_client`).
     block_bytes : int, default=32 MiB
-        float32 bytes of M that one task reads, rounded to whole lines (at least one).
+        float32 bytes of M that one task reads, rounded to whole lines (at least one), and at most
+        1/16 of the smallest worker memory limit.
     pass_timeout_s : float, default=3600
         Longest time one pass over the store may take.
 
@@ -375,13 +405,16 @@ def fit_store(
     )  # fmt: skip
     n_components, names, rules, fixed_mask, _ = model._validate(None)
 
-    lines_per_block = max(1, block_bytes // (n_points * n_wavelengths * 4))
-    line_blocks = _line_blocks(done, lines_per_block)
     raw_path = str(store.path / "raw")
     dark = store.dark()
     dark = None if dark is None else dark.astype(np.float32)
     started = time.perf_counter()
     with dask_client(scheduler, n_workers=n_workers, memory_limit=memory_limit) as client:
+        limits = [worker.get("memory_limit") or 0 for worker in client.scheduler_info()["workers"].values()]
+        if any(limits):
+            block_bytes = min(block_bytes, int(min(limit for limit in limits if limit) * _BLOCK_FRACTION_OF_LIMIT))
+        lines_per_block = max(1, block_bytes // (n_points * n_wavelengths * 4))
+        line_blocks = _line_blocks(done, lines_per_block)
         dark_future = client.scatter(dark, broadcast=True) if dark is not None else None
         log.info(
             "Dask unmixing of %s: %d lines in %d blocks of up to %d lines, %d workers",

@@ -216,7 +216,8 @@ class _Updater:
         if not self.frobenius:
             return
         self.AtM = np.zeros((n_components, executor.n_wavelengths))
-        if settings.initial_statistics is not None and not self.targeted:
+        # The statistics of a constant start hold as long as the first cut kept every entry.
+        if settings.initial_statistics is not None and not self.n_zeroed.any():
             self.AtM[...], self.AtA = settings.initial_statistics[0], settings.initial_statistics[1].copy()
             return
         self.AtM[...] = executor.rows_product(self.A)
