@@ -13,6 +13,8 @@ Every timing is the best of several repeats, and the reference passes are timed 
 so that other processes on the machine slow both sides of a ratio alike.
 
     python bench/bench_unmixing.py [--skip-u2] [--skip-d1] [--json FILE]
+
+D1 writes a 1.25 GiB store into the temporary folder and takes about a minute on 2 cores.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -151,13 +155,72 @@ def bench_u2(M: np.ndarray, S: np.ndarray) -> dict:
     }
 
 
+def peak_rss_bytes() -> int:
+    """Return this process's peak resident memory (VmHWM) in bytes."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) * 1024
+
+
+def d1_child() -> None:
+    """Write a 1.25 GiB store, unmix it on 2 workers limited to 320 MiB each, print the figures as JSON."""
+    import dask
+    import distributed
+
+    from fluoscan.tests.unmixing.test_dask import LARGE_SHAPE, WORKER_MEMORY_LIMIT, write_large_store
+    from fluoscan.unmixing import unmix_store
+
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        # The workers do not pause at 80 % of the limit: their interpreter alone takes about 240 MiB.
+        dask.config.set({"distributed.worker.memory.pause": False}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=WORKER_MEMORY_LIMIT
+        ) as cluster,
+    ):
+        path = Path(folder) / "d1.zarr"
+        write_large_store(path)
+        client_before = peak_rss_bytes()
+        # Writing 5 to clear_refs resets the peak (VmHWM), so that the peak below is the unmixing's.
+        Path("/proc/self/clear_refs").write_text("5")
+        started = time.perf_counter()
+        unmix_store(path, backend="dask", scheduler=cluster.scheduler_address)
+        elapsed_s = time.perf_counter() - started
+        client_peak = peak_rss_bytes()
+        with distributed.Client(cluster) as client:
+            worker_peaks = list(client.run(peak_rss_bytes).values())
+        n_iter = int(json.loads((path / "unmixing" / "zarr.json").read_text())["attributes"]["n_iter"])
+    print(
+        json.dumps(
+            {
+                "store_bytes": int(np.prod(LARGE_SHAPE)) * 2,
+                "shape": list(LARGE_SHAPE),
+                "worker_memory_limit": WORKER_MEMORY_LIMIT,
+                "worker_peak_bytes": worker_peaks,
+                "client_peak_bytes": client_peak,
+                "client_peak_writing_bytes": client_before,
+                "seconds": elapsed_s,
+                "iterations": n_iter,
+            }
+        )
+    )
+
+
+def bench_d1() -> dict:
+    output = subprocess.run([sys.executable, __file__, "--d1-child"], check=True, capture_output=True, text=True, timeout=1800).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-u2", action="store_true", help="skip the scikit-learn comparison (about 30 s)")
-    parser.add_argument("--skip-d1", action="store_true", help="skip the Dask benchmark")
+    parser.add_argument("--skip-d1", action="store_true", help="skip the Dask benchmark (about a minute, 1.25 GiB of disk)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--d1-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.d1_child:
+        d1_child()
+        return
 
     M, S = mouse_cube()
     figures: dict = {"shape": list(M.shape), "dtype": str(M.dtype)}
@@ -183,6 +246,15 @@ def main() -> None:
             )
         else:
             print(f"U2 not reached: scikit-learn's loss {u2['sklearn_loss']:.6g}, SparseNMF's best {u2['best_loss']:.6g}")
+    if not args.skip_d1:
+        d1 = bench_d1()
+        figures["d1"] = d1
+        mib = 2**20
+        print(
+            f"D1 Dask path: {d1['store_bytes'] / mib:.0f} MiB store, {d1['iterations']} iterations in "
+            f"{d1['seconds']:.1f} s; worker peak {max(d1['worker_peak_bytes']) / mib:.0f} MiB "
+            f"(limit {d1['worker_memory_limit'] / mib:.0f} MiB), client peak {d1['client_peak_bytes'] / mib:.0f} MiB"
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

@@ -179,8 +179,8 @@ def _threshold_gram(A_work, A, thresholds, columns, AtA):
     return counts
 
 
-def _window_cut(column, target, low, high, window, tie_tolerance):
-    """Find the cut of a column closest to a sparsity target, among the cuts inside [low, high).
+def _window_cut(matrix, column, target, low, high, window, tie_tolerance):
+    """Find the cut of ``matrix[:, column]`` closest to a sparsity target, among the cuts inside [low, high).
 
     The steps and the rules (realisable cuts, ties to the denser cut) are those of
     :func:`fluoscan.unmixing.sparsity.sparsity_threshold`; :mod:`fluoscan.unmixing.threshold_search`
@@ -191,34 +191,37 @@ def _window_cut(column, target, low, high, window, tie_tolerance):
     1: found, with threshold 0 when the cut keeps every non-zero entry; 0: the window does not
     provably contain the cut; 2: the column is zero everywhere.
     """
-    length = column.size
+    length = matrix.shape[0]
     root = np.sqrt(length)
     n_window = 0
     n_nonzero = 0
-    peak = 0.0
     n_high = 0
     sum_high = 0.0
     sum_sq_high = 0.0
     min_high = np.inf
+    max_high = 0.0
     max_low = 0.0
+    # Most entries lie below the window, so that branch comes first and does the least.
     for i in range(length):
-        value = np.float64(column[i])
-        if value <= 0:
-            continue
-        n_nonzero += 1
-        if value > peak:
-            peak = value
-        if value >= high:
+        value = matrix[i, column]
+        if value < low:
+            if value > 0:
+                n_nonzero += 1
+                max_low = max(max_low, np.float64(value))
+        elif value >= high:
             n_high += 1
-            sum_high += value
-            sum_sq_high += value * value
-            if value < min_high:
-                min_high = value
-        elif value >= low:
+            value64 = np.float64(value)
+            sum_high += value64
+            sum_sq_high += value64 * value64
+            min_high = min(min_high, value64)
+            max_high = max(max_high, value64)
+        elif value > 0:
             window[n_window] = value
             n_window += 1
-        elif value > max_low:
-            max_low = value
+    n_nonzero += n_high + n_window
+    peak = max(max_high, max_low)
+    for j in range(n_window):
+        peak = max(peak, window[j])
     if n_nonzero == 0:
         return 2, 0, 0.0, 0.0, np.nan, n_window
 

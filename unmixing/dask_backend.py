@@ -56,8 +56,8 @@ DEFAULT_BLOCK_BYTES = 32 * 2**20
 # A block takes at most this fraction of the smallest worker memory limit, so that a worker's
 # interpreter, its libraries and one task's arrays stay well inside the limit.
 _BLOCK_FRACTION_OF_LIMIT = 1 / 16
-# Rows whose float64 residual one step of the residual task forms.
-_RESIDUAL_ROWS = 4096
+# Rows that one step of a task converts to float64 (residual, sums of squares).
+_RESIDUAL_ROWS = 512
 # Seconds that one pass over the store may take before the fit is abandoned.
 DEFAULT_PASS_TIMEOUT_S = 3600.0
 # Seconds allowed to connect to a scheduler.
@@ -140,7 +140,10 @@ def _moments_task(raw_path: str, lines: tuple[int, int], dark: np.ndarray | None
         moments["saturated_weights"] = (~saturated_entries[pixel_saturated]).astype(np.float32)
     fitted = _fit_rows(M, moments["fit_mask"])
     moments["n_fit_rows"] = fitted.shape[0]
-    moments["norm_sq"] = float(np.einsum("ij,ij->", fitted, fitted, dtype=np.float64))
+    # Summed in row blocks: einsum with dtype=float64 would copy the whole block to float64 at once.
+    moments["norm_sq"] = sum(
+        float(np.einsum("ij,ij->", fitted[rows], fitted[rows], dtype=np.float64)) for rows in _row_blocks(fitted.shape[0], _RESIDUAL_ROWS)
+    )
     moments["column_sums"] = np.sum(fitted, axis=0, dtype=np.float64)
     return moments
 

@@ -291,7 +291,9 @@ class _Updater:
                 self.cuts[p] = noise_threshold(column)
                 continue
             previous = self.cuts[p].threshold if self.cuts[p] is not None else 0.0
-            self.cuts[p], self.widths[p] = search_threshold(column, float(rule), previous, self.widths[p], self.window)
+            self.cuts[p], self.widths[p] = search_threshold(
+                column, float(rule), previous, self.widths[p], self.window, matrix=self.A_work, index=p
+            )
         self.threshold_seconds += time.perf_counter() - started
 
     def threshold(self) -> None:

@@ -23,11 +23,11 @@ log = logging.getLogger(__name__)
 
 # Relative half-width of the first window around the previous threshold, and its bounds.
 INITIAL_WIDTH = 0.05
-_MIN_WIDTH = 0.005
+_MIN_WIDTH = 0.002
 _MAX_WIDTH = 0.9
 # The next window spans this many times the threshold's last relative move on either side: a
 # failed window costs a second read of the column, a wide one only a longer sort.
-_MOVE_MARGIN = 4.0
+_MOVE_MARGIN = 2.0
 # Windows tried before the full sort.
 _MAX_TRIES = 6
 # Sparsity distances closer than this count as a tie, as in sparsity_threshold.
@@ -35,7 +35,14 @@ _TIE_TOLERANCE = 1e-12
 
 
 def search_threshold(
-    column: np.ndarray, target: float, previous: float, width: float = INITIAL_WIDTH, window: np.ndarray | None = None
+    column: np.ndarray,
+    target: float,
+    previous: float,
+    width: float = INITIAL_WIDTH,
+    window: np.ndarray | None = None,
+    *,
+    matrix: np.ndarray | None = None,
+    index: int = 0,
 ) -> tuple[Threshold, float]:
     """Find the cut of ``sparsity_threshold(column, target)`` by searching near a previous threshold.
 
@@ -51,6 +58,9 @@ def search_threshold(
         Relative half-width of the first window, [previous·(1 − width), previous·(1 + width)).
     window : ndarray of shape (X,), float64, optional
         Work buffer, so that repeated searches allocate nothing.
+    matrix, index : optional
+        A C-contiguous (X, P) array whose column ``index`` is ``column``. The compiled scan then
+        reads the column from it, which skips numba's slower handling of a strided 1-D view.
 
     Returns
     -------
@@ -62,9 +72,11 @@ def search_threshold(
     if not compiled.AVAILABLE or not previous > 0 or not math.isfinite(previous):
         return sparsity_threshold(column, target), width
     window = np.empty(column.size) if window is None else window
+    if matrix is None or not matrix.flags.c_contiguous:
+        matrix, index = np.ascontiguousarray(column).reshape(-1, 1), 0
     for _ in range(_MAX_TRIES):
         low, high = previous * (1.0 - width), previous * (1.0 + width)
-        cut = _cut_in_window(column, target, low, high, window)
+        cut = _cut_in_window(matrix, index, target, low, high, window)
         if cut is not None:
             move = abs(cut.threshold - previous) / previous
             return cut, min(max(_MOVE_MARGIN * move, _MIN_WIDTH), _MAX_WIDTH)
@@ -74,15 +86,15 @@ def search_threshold(
 
 
 def _cut_in_window(
-    column: np.ndarray, target: float, low: float, high: float, window: np.ndarray
+    matrix: np.ndarray, index: int, target: float, low: float, high: float, window: np.ndarray
 ) -> Threshold | None:
-    """Return the closest cut when the window [low, high) provably contains it, else None."""
-    status, n_kept, threshold, peak, sparsity, _ = compiled.window_cut(column, target, low, high, window, _TIE_TOLERANCE)
+    """Return the closest cut of column ``index`` when the window [low, high) provably contains it, else None."""
+    status, n_kept, threshold, peak, sparsity, _ = compiled.window_cut(matrix, index, target, low, high, window, _TIE_TOLERANCE)
     if status == 0:
         return None
     if status == 2:
         return Threshold(threshold=0.0, beta=np.inf, n_kept=0, sparsity=np.nan)
-    sparsity = float(np.clip(sparsity, 0.0, 1.0))
+    sparsity = min(max(float(sparsity), 0.0), 1.0)
     if threshold == 0:
         return Threshold(threshold=0.0, beta=np.inf, n_kept=n_kept, sparsity=sparsity)
     return Threshold(threshold=float(threshold), beta=float(peak / threshold), n_kept=n_kept, sparsity=sparsity)
