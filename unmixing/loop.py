@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fluoscan.unmixing import compiled, kernels
+from fluoscan.unmixing.array_api import ArrayExecutor, namespace
 from fluoscan.unmixing.kernels import (
     Loss,
     _gram,
@@ -74,6 +75,8 @@ class _LoopSettings:
     initial_statistics: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     # Run the Frobenius passes with the numba kernels of fluoscan.unmixing.compiled when installed.
     compiled: bool = False
+    # "cpu", or a device of fluoscan.unmixing.array_api (e.g. "cuda") that holds M for the passes.
+    device: str = "cpu"
 
 
 class Executor(Protocol):
@@ -387,5 +390,9 @@ def _single_threaded_blas() -> Iterator[None]:
 
 def _run_updates(M: np.ndarray, A_work: np.ndarray, S: np.ndarray, settings: _LoopSettings) -> _LoopResult:
     """Iterate the updates on ``A_work`` and ``S`` in place; return the thresholded A and the loss history."""
-    executor = StripeExecutor(M, settings.n_threads, settings.block_rows, pass_kernels(settings.compiled))
+    executor: Executor
+    if settings.device == "cpu":
+        executor = StripeExecutor(M, settings.n_threads, settings.block_rows, pass_kernels(settings.compiled))
+    else:
+        executor = ArrayExecutor(M, namespace(settings.device), settings.block_rows)
     return _Updater(executor, A_work, S, settings).run()

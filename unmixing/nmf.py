@@ -64,6 +64,7 @@ __all__ = ["ConvergenceWarning", "DataWarning", "Loss", "SparseNMF"]
 
 _INIT_METHODS = ("spa", "mean", "random")
 _ABUNDANCE_STARTS = ("constant", "lstsq")
+_DEVICES = ("cpu", "cuda")
 # A least-squares start is clipped at this fraction of its maximum: a multiplicative update cannot
 # move an entry that starts at 0.
 _LSTSQ_FLOOR = 1e-6
@@ -121,10 +122,12 @@ class SparseNMF:
         Rows of M per block in the update loop; None sizes a block to 512 KiB.
     n_jobs : int or None, default=None
         Threads that run the passes over M, each on its own stripe of rows with single-threaded
-        BLAS. None or -1: one per CPU core. 1: the calling thread alone, with BLAS using its own
-        threads. On 65,536 × 512 × 3 float32 with 2 cores, one thread per core ran 1.4 to 1.8 times
-        faster per iteration than BLAS threads. The stripes' sums are added in a fixed order, so a
-        fit repeats exactly with the same number of threads; another number changes the rounding.
+        kernels. None or -1: one per CPU core. 1: the calling thread alone; without numba, the BLAS
+        kernels then use BLAS's own threads. The stripes' sums are added in a fixed order, so a fit
+        repeats exactly with the same number of threads; another number changes the rounding.
+    device : {"cpu", "cuda"}, default="cpu"
+        Where the passes over M run. "cuda" copies M to an NVIDIA GPU with CuPy (Frobenius loss
+        only); the sparsity step stays on the CPU. NOTE: the "cuda" path has not run on a GPU yet.
 
     Attributes
     ----------
@@ -182,6 +185,7 @@ class SparseNMF:
         loss_every: int | None = None,
         block_rows: int | None = None,
         n_jobs: int | None = None,
+        device: str = "cpu",
     ) -> None:
         self.n_components = n_components
         self.sparsity = sparsity
@@ -196,11 +200,12 @@ class SparseNMF:
         self.loss_every = loss_every
         self.block_rows = block_rows
         self.n_jobs = n_jobs
+        self.device = device
 
     def get_params(self) -> dict[str, Any]:
         """Return the constructor parameters."""
         names = ("n_components", "sparsity", "components", "loss", "max_iter", "tol", "fixed_spectra", "init",
-                 "abundance_start", "random_state", "loss_every", "block_rows", "n_jobs")  # fmt: skip
+                 "abundance_start", "random_state", "loss_every", "block_rows", "n_jobs", "device")  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
     def __repr__(self) -> str:
@@ -278,6 +283,10 @@ class SparseNMF:
             raise ValueError(
                 f"abundance_start must be one of {', '.join(map(repr, _ABUNDANCE_STARTS))}, got {self.abundance_start!r}"
             )
+        if self.device not in _DEVICES:
+            raise ValueError(f"device must be one of {', '.join(map(repr, _DEVICES))}, got {self.device!r}")
+        if self.device != "cpu" and loss is not Loss.FROBENIUS:
+            raise ValueError(f"device={self.device!r} fits the Frobenius loss only; use device='cpu' for {loss.value!r}")
         return n_components, names, rules, fixed, loss
 
     def _n_threads(self) -> int:
@@ -376,6 +385,7 @@ class SparseNMF:
             norm_sq=norm_sq,
             column_sums=column_sums,
             compiled=compiled.AVAILABLE and loss is Loss.FROBENIUS,
+            device=self.device,
         )
         return settings
 
