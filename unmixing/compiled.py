@@ -2,8 +2,8 @@
 
 The BLAS block kernels of :mod:`fluoscan.unmixing.kernels` read each block of M twice (M Sᵀ, then
 AᵀM) through matrix products whose inner dimension is the number of components P, a shape that BLAS
-runs far below its speed on square matrices. The kernels here visit M once per row: the P dot
-products of the A update, the new A row and its share of AᵀM all use the row while it sits in L1
+runs far below its speed on square matrices. The kernels here visit M once per row. The P dot
+products of the A update, the new A row and its share of AᵀM all use the row while it is in L1
 cache, so a pass costs little more than reading M from memory.
 
 Shapes: M (n_rows, n_wavelengths), A (n_rows, P), S (P, n_wavelengths), SSt (P, P).

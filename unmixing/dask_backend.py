@@ -2,7 +2,7 @@
 
 The cube M (acquired pixels x wavelengths) never sits in one process. Dask workers read ``raw`` from
 the Zarr store in blocks of whole scan lines, which are whole chunks (one chunk per line), subtract
-the dark frame and run one pass of the update loop on their block. The client holds only what grows
+the dark frame and run one pass of the update loop on their block. The client keeps only what grows
 with the number of pixels times P: the weights A_work and A (float32, n_pixels x P, 1/170 of a
 512-wavelength cube) and the spectra S.
 
@@ -13,17 +13,16 @@ Each iteration runs the same loop as the in-memory fit (:class:`fluoscan.unmixin
    them with its block's A_workᵀM. No block of M leaves its worker.
 3. The sparsity step on the client. A hard threshold needs each marker column whole (the cut is
    found from the column's sorted values), so A_work is gathered and cut exactly as in memory.
-   The AᵀM of a cut column is then corrected with a second read of the blocks that hold kept (or,
-   for dense columns, cut) pixels of it.
+   The AᵀM of a cut column is then corrected with a second read of the blocks that contain kept
+   (or, for dense columns, cut) pixels of it.
 
-Every few iterations (``loss_every``) one more pass computes ‖M − AS‖². The kernels sum each
+Every 10 iterations one more pass computes ‖M − AS‖². The kernels sum each
 block of rows at the same global row boundaries as the in-memory loop, so both paths give the same
-fit up to the order of float64 additions; the tests hold them to 1e-5 relative.
+fit up to the order of float64 additions. The tests allow a relative difference of 1e-5.
 
-Workers open the store by its path: on a cluster, every worker must see the store at that path.
-Limits of this backend: Frobenius loss only; components with an ``"auto"`` initial spectrum (pixels
-picked from the whole cube) are rejected; saturated pixels are gathered on the client for their
-estimate with S fixed, which assumes they are few.
+Workers open the store by its path, so on a cluster every worker must see the store at that path.
+The backend fits the Frobenius loss only. It rejects components with an ``"auto"`` initial spectrum,
+because those are picked from the whole cube at once.
 """
 
 from __future__ import annotations
@@ -372,7 +371,7 @@ def fit_store(
         float32 bytes of M that one task reads, rounded to whole lines (at least one), and at most
         1/16 of the smallest worker memory limit.
     pass_timeout_s : float, default=3600
-        Longest time one pass over the store may take.
+        Maximum time in seconds that one pass over the store may take.
 
     Returns
     -------
@@ -427,6 +426,8 @@ def fit_store(
         # First pass: saturated pixels, clipped values, and the sums for the start of the fit.
         futures = [client.submit(_moments_task, raw_path, lines, dark_future, saturation_counts, pure=False) for lines in line_blocks]
         moments = _gather(client, futures, pass_timeout_s)
+        # NOTE: saturated pixels are gathered on the client for their estimate with S fixed, which
+        # assumes that they are few; a badly saturated scan can exhaust the client's memory.
         blocks, prepared, settings_values = _plan_blocks(line_blocks, moments, n_points)
         if settings_values["n_nonfinite"]:
             raise ValueError(

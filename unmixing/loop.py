@@ -1,6 +1,6 @@
 """The update loop of SparseNMF, and its passes over an in-memory data matrix.
 
-The loop (:class:`_Updater`) holds A_work, the thresholded A, S and the reductions AᵀM and AᵀA.
+The loop (:class:`_Updater`) keeps A_work, the thresholded A, S and the reductions AᵀM and AᵀA.
 Every Frobenius pass over M goes through an executor with three methods (:meth:`frobenius_pass`,
 :meth:`rows_product`, :meth:`squared_residual`): :class:`StripeExecutor` runs them on an in-memory M,
 one stripe of rows per thread, and :class:`fluoscan.unmixing.dask_backend.DaskExecutor` on row
@@ -75,7 +75,7 @@ class _LoopSettings:
     initial_statistics: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     # Run the Frobenius passes with the numba kernels of fluoscan.unmixing.compiled when installed.
     compiled: bool = False
-    # "cpu", or a device of fluoscan.unmixing.array_api (e.g. "cuda") that holds M for the passes.
+    # "cpu", or a device of fluoscan.unmixing.array_api (e.g. "cuda") that keeps M for the passes.
     device: str = "cpu"
 
 
@@ -375,15 +375,9 @@ def _single_threaded_blas() -> Iterator[None]:
     """Limit BLAS to one thread while the stripes run in parallel.
 
     Without the limit, every stripe's BLAS call would start its own threads and oversubscribe the cores.
-    NOTE: this needs threadpoolctl (installed with scikit-learn). Without it BLAS keeps its own
-    threads, and the parallel passes may run slower than one thread.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        log.debug("threadpoolctl is not installed; BLAS keeps its own threads during parallel passes")
-        yield
-        return
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(limits=1, user_api="blas"):
         yield
 

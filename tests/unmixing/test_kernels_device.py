@@ -1,4 +1,4 @@
-"""The device dispatch of SparseNMF: numpy stands in for CuPy, and the real GPU runs only where CuPy finds one."""
+"""The device dispatch of SparseNMF, with numpy in place of CuPy; the GPU test runs only where CuPy finds a GPU."""
 
 from __future__ import annotations
 
