@@ -161,12 +161,34 @@ class PhantomConfig(_Section):
         ("icg_lnp", "af750"),
         description='Marker tubes present: any of "icg_lnp", "af750"; () records a reference animal without markers.',
     )
-    tube_depth_mm: float = Field(1.0, ge=0, le=20, description="Depth of the tubes under the skin, in mm (sets the blur).")
+    tube_depth_mm: float = Field(
+        1.0, ge=0, le=20, description="Depth of the tubes under the skin, in mm (sets their blur and tissue attenuation)."
+    )
     marker_brightness: float = Field(
         1.0, gt=0, le=1000, description="Scale of the markers' emission relative to the default phantom."
     )
     autofluorescence_brightness: float = Field(
-        1.0, ge=0, le=1000, description="Scale of the tissue autofluorescence relative to the default phantom."
+        1.0, ge=0, le=1000, description="Scale of the tissue autofluorescence (skin and gut) relative to the default phantom."
+    )
+    chlorophyll_brightness: float = Field(
+        1.0,
+        ge=0,
+        le=1000,
+        description="Scale of the gut's chlorophyll autofluorescence (from plant-based rodent food) relative to the "
+        "default phantom; 0 models a purified diet.",
+    )
+    gut_depth_mm: float = Field(
+        2.0, ge=0, le=20, description="Depth of the gut contents under the skin, in mm (sets their tissue attenuation)."
+    )
+    mu_eff_700nm_per_mm: float = Field(
+        0.45,
+        ge=0,
+        le=10,
+        description="Effective attenuation coefficient of the tissue at 700 nm, per mm; light from depth d is "
+        "attenuated by exp(-mu_eff * d). 0 with mu_eff_900nm_per_mm = 0 turns the tissue optics off.",
+    )
+    mu_eff_900nm_per_mm: float = Field(
+        0.25, ge=0, le=10, description="Effective attenuation coefficient of the tissue at 900 nm, per mm (linear in between)."
     )
     photons_per_mw_s: float = Field(
         2.0e4, gt=0, description="Detected photoelectrons per detector pixel per mW of laser per s at full abundance."

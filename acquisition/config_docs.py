@@ -38,6 +38,7 @@ UNIT_SUFFIXES = (
     ("_per_mw_s", "per mW per s"),
     ("_mm_s2", "mm/s²"),
     ("_mm_s", "mm/s"),
+    ("_per_mm", "per mm"),
     ("_e_s", "electrons/s"),
     ("_per_count", "electrons per count"),
     ("_counts", "counts"),

@@ -40,6 +40,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "0.9+lstsq": {"abundance_start": "lstsq"},
     "auto+constant": {"sparsity": [None, "auto", "auto"]},
     "auto": {"sparsity": [None, "auto", "auto"], "abundance_start": "lstsq"},
+    # The same fits, then the autofluorescence at the marker sites interpolated from the tissue around them.
+    "published+sites": {"site_background": "interpolate"},
+    "auto+sites": {"sparsity": [None, "auto", "auto"], "abundance_start": "lstsq", "site_background": "interpolate"},
 }
 SWEEP_TARGETS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99)
 SAMSON = SHARED_DATA / "hyperspectral" / "Samson.mat"

@@ -4,19 +4,27 @@ Coordinates are the animal's, in mm: y along the body (the stage axis), x across
 spectrograph slit). The phantom is
 
 - a body about 90 mm long and 30 mm wide, an ellipse that narrows towards the nose (small y), with a
-  soft edge and tissue autofluorescence that varies smoothly over the body, brighter over the gut
-  (chlorophyll in rodent food);
+  soft edge;
+- two autofluorescence sources: the skin, everywhere on the body with a smooth texture, and
+  chlorophyll from plant-based rodent food in the gut contents, ``gut_depth_mm`` under the skin;
 - two capillary tubes under the skin, filled with ICG lipid nanoparticles and Alexa Fluor 750,
   6 mm long and 1 mm wide along y, blurred by the tissue above them with a Gaussian whose width
   grows with ``tube_depth_mm``;
-- emission spectra from :func:`fluoscan.unmixing.library.library_spectrum`, times the edge of the
-  700 nm long-pass filter that blocks the 690 nm laser line.
+- tissue optics: light emitted at depth d leaves the skin attenuated by exp(-mu_eff(λ) d), with an
+  effective attenuation coefficient that falls from 700 nm to 900 nm, so that deeper sources look
+  redder (:func:`tissue_transmission`);
+- a 700 nm long-pass filter that blocks the 690 nm laser line.
+
+The markers are drawn from :func:`fluoscan.unmixing.library.library_spectrum`, the spectra the
+unmixing starts from, but the camera records them through the tissue, so their observed shape differs
+from the library's by an amount that grows with depth. The skin and chlorophyll spectra are the
+phantom's own models (:data:`TISSUE_BANDS`), not the library's ``autofluorescence``.
 
 Abundance is dimensionless: 1 means ``photons_per_mw_s`` photoelectrons per detector pixel per mW of
-laser per second, at the peak of the component's unfiltered spectrum. The brightness defaults make
-the demo scan (0.1 s, 40 mW, 3 x 4 binned pixels) record autofluorescence of a few thousand counts
-and marker peaks near the top of the 16-bit range, so that a few pixels at the centre of the ICG
-tube saturate.
+laser per second, at the peak of the source's emitted spectrum, before the tissue and the filter.
+The brightness defaults make the demo scan (0.1 s, 40 mW, 3 x 4 binned pixels) record
+autofluorescence of a few thousand counts and marker peaks near the top of the 16-bit range, so
+that a few pixels at the centre of the ICG tube saturate.
 
 Determinism: the frame of line i depends only on (seed, configuration, i). The phantom is drawn at
 the line's nominal position ``y_start_mm + i * step_mm`` and the noise comes from a generator seeded
@@ -37,11 +45,27 @@ from fluoscan.unmixing.library import library_spectrum
 
 log = logging.getLogger(__name__)
 
+# Components of the ground truth: the autofluorescence sources merged into one, and the markers.
 COMPONENTS: tuple[str, ...] = ("autofluorescence", "icg_lnp", "af750")
 MARKERS: tuple[str, ...] = ("icg_lnp", "af750")
+# Sources of light in the phantom; the first two make up the truth's "autofluorescence".
+AUTOFLUORESCENCE_SOURCES: tuple[str, ...] = ("skin", "chlorophyll")
 
 LONG_PASS_EDGE_NM = 700.0
 LONG_PASS_WIDTH_NM = 1.5
+
+# Emission models of the autofluorescence sources: (centre_nm, blue-side sigma_nm, red-side sigma_nm,
+# relative height) per band, as in fluoscan.unmixing.library.
+# NOTE: both are models, not measurements. Skin: a broad band decaying from the laser line towards
+# 900 nm, broader on the red side than the library's "autofluorescence", which the unmixing starts
+# from. Chlorophyll: a band at 675 nm with a vibronic band near 720 nm, after the 674 nm peak that
+# pheophorbide a and pheophytin a (chlorophyll products from the food) give in mouse skin (Weagle
+# et al., J. Photochem. Photobiol. B 2 (1988) 313) and the strong gut autofluorescence of mice fed
+# alfalfa chow (Inoue et al., Mol. Imaging 7 (2008) 21). The long-pass filter keeps only its red side.
+TISSUE_BANDS: dict[str, tuple[tuple[float, float, float, float], ...]] = {
+    "skin": ((712.0, 45.0, 115.0, 1.0),),
+    "chlorophyll": ((675.0, 10.0, 16.0, 1.0), (722.0, 14.0, 30.0, 0.3)),
+}
 
 # Words folded into the noise seeds, so that line and dark sequences never share a generator.
 _LINE_STREAM = 0x6C696E65
@@ -74,15 +98,16 @@ class MouseLayout:
     edge_mm: float = 0.6
     # Fraction by which the body narrows from the middle to the nose.
     nose_taper: float = 0.45
+    # Abundance of the skin autofluorescence, and of the chlorophyll at the centre of the gut.
     autofluorescence: float = 0.0075
+    chlorophyll: float = 0.06
     gut_x_mm: float = 2.0
     gut_y_mm: float = 68.0
     gut_sigma_mm: float = 8.0
-    gut_gain: float = 1.0
     tubes: tuple[Tube, ...] = field(
         default_factory=lambda: (
-            Tube("icg_lnp", x_mm=-6.0, y_mm=38.0, abundance=0.25),
-            Tube("af750", x_mm=6.0, y_mm=58.0, abundance=0.175),
+            Tube("icg_lnp", x_mm=-6.0, y_mm=38.0, abundance=0.34),
+            Tube("af750", x_mm=6.0, y_mm=58.0, abundance=0.25),
         )
     )
     # Blur sigma of a tube at the skin surface, and its growth per mm of depth.
@@ -95,10 +120,79 @@ def long_pass(wavelengths_nm: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(np.asarray(wavelengths_nm, dtype=np.float64) - LONG_PASS_EDGE_NM) / LONG_PASS_WIDTH_NM))
 
 
+def effective_attenuation_per_mm(wavelengths_nm: np.ndarray, mu_eff_700nm_per_mm: float, mu_eff_900nm_per_mm: float) -> np.ndarray:
+    """Effective attenuation coefficient mu_eff of the tissue, per mm, linear between its values at 700 and 900 nm.
+
+    NOTE: a model. Diffusion theory gives mu_eff = sqrt(3 mu_a (mu_a + mu_s')). With near-infrared
+    values typical of skin and muscle, mu_a of 0.02 to 0.05 per mm and mu_s' of 1 to 2 per mm
+    falling with wavelength (mu_s' = a (λ / 500 nm)^-b, Jacques, Phys. Med. Biol. 58 (2013) R37),
+    mu_eff is 0.2 to 0.5 per mm and falls across the window. The defaults, 0.45 per mm at 700 nm
+    and 0.25 at 900 nm, sit in that range. The line ignores the deoxyhaemoglobin band near 760 nm
+    and the water band above 900 nm. Values beyond 700-900 nm are extrapolated, and never below 0.
+    """
+    wavelengths_nm = np.asarray(wavelengths_nm, dtype=np.float64)
+    slope = (mu_eff_900nm_per_mm - mu_eff_700nm_per_mm) / 200.0
+    return np.clip(mu_eff_700nm_per_mm + slope * (wavelengths_nm - 700.0), 0.0, None)
+
+
+def tissue_transmission(wavelengths_nm: np.ndarray, depth_mm: float, mu_eff_700nm_per_mm: float, mu_eff_900nm_per_mm: float) -> np.ndarray:
+    """Fraction exp(-mu_eff(λ) depth) of the light emitted ``depth_mm`` under the skin that leaves it."""
+    return np.exp(-effective_attenuation_per_mm(wavelengths_nm, mu_eff_700nm_per_mm, mu_eff_900nm_per_mm) * depth_mm)
+
+
+def tissue_spectrum(name: str, wavelengths_nm: np.ndarray) -> np.ndarray:
+    """Evaluate the emission model of an autofluorescence source (:data:`TISSUE_BANDS`), scaled to a peak of 1 on this grid."""
+    wavelengths_nm = np.asarray(wavelengths_nm, dtype=np.float64)
+    spectrum = np.zeros_like(wavelengths_nm)
+    for centre, sigma_blue, sigma_red, height in TISSUE_BANDS[name]:
+        sigma = np.where(wavelengths_nm < centre, sigma_blue, sigma_red)
+        spectrum += height * np.exp(-0.5 * ((wavelengths_nm - centre) / sigma) ** 2)
+    return spectrum / spectrum.max()
+
+
 def _box_blurred(u_mm: np.ndarray, centre_mm: float, width_mm: float, sigma_mm: float) -> np.ndarray:
     """Evaluate a top-hat of ``width_mm`` convolved with a Gaussian of ``sigma_mm`` at ``u_mm``."""
     scale = np.sqrt(2.0) * sigma_mm
     return 0.5 * (erf((u_mm - centre_mm + width_mm / 2) / scale) - erf((u_mm - centre_mm - width_mm / 2) / scale))
+
+
+def merge_autofluorescence(abundance: np.ndarray, spectra: np.ndarray, n_merged: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the first ``n_merged`` sources of a truth into the one component that best explains their light.
+
+    The merged component is the best rank-one least-squares approximation of the merged sources'
+    noiseless signal over the field. Its spectrum is the leading right singular vector of that
+    signal (pixels x wavelengths), scaled to a peak of 1; it is non-negative because the signal
+    is. Each pixel's weight is the least-squares fit of that spectrum to the pixel's signal, so
+    that ``weight * spectrum`` is as close to the sources' light as one spectrum allows. Where the
+    sources mix in other proportions than on average, the pixel keeps a residual: its local
+    spectrum differs from the merged one.
+
+    Parameters
+    ----------
+    abundance : ndarray of shape (..., n_sources)
+        Weights, in counts at the peak of each spectrum.
+    spectra : ndarray of shape (n_sources, n_wavelengths)
+        Spectra scaled to a peak of 1.
+    n_merged : int
+        Number of leading sources to merge.
+
+    Returns
+    -------
+    abundance : ndarray of shape (..., n_sources - n_merged + 1)
+    spectra : ndarray of shape (n_sources - n_merged + 1, n_wavelengths)
+    """
+    signal = abundance[..., :n_merged].reshape(-1, n_merged) @ spectra[:n_merged]
+    # The leading eigenvector of the small Gram matrix is the leading right singular vector.
+    eigenvalues, eigenvectors = np.linalg.eigh(signal.T @ signal)
+    if eigenvalues[-1] > 0:
+        merged_spectrum = np.abs(eigenvectors[:, -1])
+        merged_spectrum /= merged_spectrum.max()
+    else:
+        # No autofluorescence at all: any spectrum fits a zero map, so keep the first source's.
+        merged_spectrum = spectra[0]
+    merged_weight = (signal @ merged_spectrum) / (merged_spectrum @ merged_spectrum)
+    merged_abundance = np.concatenate([merged_weight.reshape(*abundance.shape[:-1], 1), abundance[..., n_merged:]], axis=-1)
+    return merged_abundance, np.concatenate([merged_spectrum[None, :], spectra[n_merged:]])
 
 
 class MousePhantom:
@@ -107,7 +201,7 @@ class MousePhantom:
     Parameters
     ----------
     config : PhantomConfig
-        Markers present, tube depth, brightness and the detector response.
+        Markers present, depths, tissue optics, brightness and the detector response.
     seed : int
         Noise seed of the scan.
     y_start_mm, step_mm : float
@@ -133,7 +227,9 @@ class MousePhantom:
         self.y_start_mm = float(y_start_mm)
         self.step_mm = float(step_mm)
         self.layout = layout or MouseLayout()
-        self.components: tuple[str, ...] = tuple(name for name in COMPONENTS if name == "autofluorescence" or name in config.markers)
+        markers = tuple(name for name in MARKERS if name in config.markers)
+        self.components: tuple[str, ...] = ("autofluorescence", *markers)
+        self.sources: tuple[str, ...] = (*AUTOFLUORESCENCE_SOURCES, *markers)
         self._spectra_cache: tuple[bytes, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ raster and noise
@@ -164,40 +260,55 @@ class MousePhantom:
         rho = np.sqrt(((np.asarray(x_mm) - layout.centre_x_mm) / half_width) ** 2 + u**2)
         return 1.0 / (1.0 + np.exp(-(1.0 - rho) * (layout.width_mm / 2) / layout.edge_mm))
 
+    def source_depth_mm(self, source: str) -> float:
+        """Return the depth under the skin from which a source's light leaves the animal."""
+        if source == "skin":
+            return 0.0
+        if source == "chlorophyll":
+            return self.config.gut_depth_mm
+        return self.config.tube_depth_mm
+
     def abundance(self, x_mm: np.ndarray, y_mm: float) -> np.ndarray:
-        """Return the abundance of each component along x at one y, shape (len(x_mm), n_components)."""
-        layout = self.layout
+        """Return the abundance of each source along x at one y, shape (len(x_mm), n_sources)."""
+        layout, config = self.layout, self.config
         x_mm = np.asarray(x_mm, dtype=np.float64)
-        result = np.zeros((x_mm.size, len(self.components)))
+        result = np.zeros((x_mm.size, len(self.sources)))
+        body = self.body_mask(x_mm, y_mm)
 
         texture = 0.8 + 0.2 * np.sin(2 * np.pi * y_mm / 23.0 + 0.7) * np.cos(2 * np.pi * x_mm / 17.0)
-        gut = layout.gut_gain * np.exp(-((x_mm - layout.gut_x_mm) ** 2 + (y_mm - layout.gut_y_mm) ** 2) / (2 * layout.gut_sigma_mm**2))
-        result[:, 0] = (
-            self.config.autofluorescence_brightness * layout.autofluorescence * self.body_mask(x_mm, y_mm) * (texture + gut)
-        )
+        result[:, 0] = config.autofluorescence_brightness * layout.autofluorescence * body * texture
+        gut = np.exp(-((x_mm - layout.gut_x_mm) ** 2 + (y_mm - layout.gut_y_mm) ** 2) / (2 * layout.gut_sigma_mm**2))
+        result[:, 1] = config.autofluorescence_brightness * config.chlorophyll_brightness * layout.chlorophyll * body * gut
 
-        sigma_mm = layout.blur_at_surface_mm + layout.blur_per_depth * self.config.tube_depth_mm
+        sigma_mm = layout.blur_at_surface_mm + layout.blur_per_depth * config.tube_depth_mm
         for tube in layout.tubes:
-            if tube.marker not in self.components:
+            if tube.marker not in self.sources:
                 continue
             across = _box_blurred(x_mm, tube.x_mm, tube.width_mm, sigma_mm)
             along = _box_blurred(np.asarray(y_mm), tube.y_mm, tube.length_mm, sigma_mm)
-            result[:, self.components.index(tube.marker)] += self.config.marker_brightness * tube.abundance * across * along
+            result[:, self.sources.index(tube.marker)] += config.marker_brightness * tube.abundance * across * along
         return result
 
     def emission_spectra(self, wavelengths_nm: np.ndarray) -> np.ndarray:
-        """Return each component's filtered emission at the given wavelengths, shape (n_components, n_wavelengths).
+        """Return the light of each source that reaches the detector, per unit abundance, shape (n_sources, n_wavelengths).
 
-        Each library spectrum is scaled to a peak of 1 on a fixed 600-1000 nm grid before the long-pass
-        filter, so that its height does not depend on the detector's range.
+        Each emission model is scaled to a peak of 1 on a fixed 600-1000 nm grid, so that its height
+        does not depend on the detector's range. It is then attenuated by the tissue above the source
+        and by the long-pass filter.
         """
         wavelengths_nm = np.asarray(wavelengths_nm, dtype=np.float64)
         key = wavelengths_nm.tobytes()
         if self._spectra_cache is not None and self._spectra_cache[0] == key:
             return self._spectra_cache[1]
         grid = np.concatenate([wavelengths_nm, _REFERENCE_GRID_NM])
-        spectra = np.stack([library_spectrum(name, grid)[: wavelengths_nm.size] for name in self.components])
-        spectra *= long_pass(wavelengths_nm)[None, :]
+        rows = []
+        for source in self.sources:
+            emitted = tissue_spectrum(source, grid) if source in TISSUE_BANDS else library_spectrum(source, grid)
+            transmission = tissue_transmission(
+                wavelengths_nm, self.source_depth_mm(source), self.config.mu_eff_700nm_per_mm, self.config.mu_eff_900nm_per_mm
+            )
+            rows.append(emitted[: wavelengths_nm.size] * transmission)
+        spectra = np.stack(rows) * long_pass(wavelengths_nm)[None, :]
         self._spectra_cache = (key, spectra)
         return spectra
 
@@ -217,6 +328,43 @@ class MousePhantom:
 
     # ------------------------------------------------------------------ ground truth
 
+    def source_truth(
+        self,
+        positions_mm: np.ndarray,
+        *,
+        x_rows_mm: np.ndarray,
+        track_rows: Sequence[tuple[int, int]],
+        detector_wavelengths_nm: np.ndarray,
+        columns: tuple[int, int, int],
+        exposure_s: float,
+        power_mw: float,
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Return the abundance and spectra of every light source (:attr:`sources`), which reproduce the cube exactly.
+
+        ``raw - dark`` of line y, point x and wavelength bin b is, apart from noise and saturation,
+        ``sum_s abundance[y, x, s] * spectra[s, b]``. Each spectrum is the source's light after the
+        tissue and the filter, summed over the detector columns of each bin and scaled to a peak of
+        1; abundance is in detector counts at that peak. Like the camera, each point sums the
+        phantom over its track's rows. The parameters and shapes are those of :meth:`ground_truth`,
+        with n_sources in place of n_components.
+        """
+        start, stop, column_bin = columns
+        emission = self.emission_spectra(detector_wavelengths_nm)[:, start:stop]
+        binned = emission.reshape(len(self.sources), -1, column_bin).sum(axis=2)
+        peak = binned.max(axis=1)
+        peak[peak == 0] = 1.0
+        spectra = binned / peak[:, None]
+
+        counts_per_abundance = self.photoelectrons_per_abundance(exposure_s, power_mw) / self.config.gain_e_per_count
+        positions_mm = np.atleast_1d(np.asarray(positions_mm, dtype=np.float64))
+        abundance = np.zeros((positions_mm.size, len(track_rows), len(self.sources)))
+        for line, y_mm in enumerate(positions_mm):
+            rows = self.abundance(x_rows_mm, self.line_position_mm(self.line_index(y_mm)))
+            for point, (first, last) in enumerate(track_rows):
+                abundance[line, point] = rows[first:last].sum(axis=0)
+        abundance *= counts_per_abundance * peak[None, None, :]
+        return abundance, spectra, list(self.sources)
+
     def ground_truth(
         self,
         positions_mm: np.ndarray,
@@ -228,12 +376,15 @@ class MousePhantom:
         exposure_s: float,
         power_mw: float,
     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Return the abundance and spectra that reproduce the dark-subtracted cube.
+        """Return the abundance and spectra of the components (:attr:`components`) behind the dark-subtracted cube.
 
-        ``raw - dark`` of line y, point x and wavelength bin b is, apart from noise and saturation,
-        ``sum_c abundance[y, x, c] * spectra[c, b]``. Each spectrum is the filtered emission summed
-        over the detector columns of each bin, scaled to a peak of 1; abundance is in detector
-        counts at that peak. Like the camera, each point sums the phantom over its track's rows.
+        The markers' maps and spectra are those of :meth:`source_truth`: each spectrum is what the
+        camera records of the marker through the tissue, not its library spectrum. "autofluorescence"
+        merges the skin and the gut's chlorophyll (:func:`merge_autofluorescence`): its spectrum is
+        their average over the scanned field, and its map keeps each pixel's autofluorescence counts
+        summed over wavelength. So ``sum_c abundance[y, x, c] * spectra[c, b]`` reproduces
+        ``raw - dark`` exactly at the markers' wavelengths and totals, and is off only by the
+        difference between the local and the average mix of skin and chlorophyll.
 
         Parameters
         ----------
@@ -256,19 +407,14 @@ class MousePhantom:
         spectra : ndarray of shape (n_components, n_wavelengths), float64
         names : list of str
         """
-        start, stop, column_bin = columns
-        emission = self.emission_spectra(detector_wavelengths_nm)[:, start:stop]
-        binned = emission.reshape(len(self.components), -1, column_bin).sum(axis=2)
-        peak = binned.max(axis=1)
-        peak[peak == 0] = 1.0
-        spectra = binned / peak[:, None]
-
-        counts_per_abundance = self.photoelectrons_per_abundance(exposure_s, power_mw) / self.config.gain_e_per_count
-        positions_mm = np.atleast_1d(np.asarray(positions_mm, dtype=np.float64))
-        abundance = np.zeros((positions_mm.size, len(track_rows), len(self.components)))
-        for line, y_mm in enumerate(positions_mm):
-            rows = self.abundance(x_rows_mm, self.line_position_mm(self.line_index(y_mm)))
-            for point, (first, last) in enumerate(track_rows):
-                abundance[line, point] = rows[first:last].sum(axis=0)
-        abundance *= counts_per_abundance * peak[None, None, :]
+        abundance, spectra, _ = self.source_truth(
+            positions_mm,
+            x_rows_mm=x_rows_mm,
+            track_rows=track_rows,
+            detector_wavelengths_nm=detector_wavelengths_nm,
+            columns=columns,
+            exposure_s=exposure_s,
+            power_mw=power_mw,
+        )
+        abundance, spectra = merge_autofluorescence(abundance, spectra, len(AUTOFLUORESCENCE_SOURCES))
         return abundance, spectra, list(self.components)

@@ -33,8 +33,9 @@ from fluoscan.acquisition.store import ScanStatus, ScanStore, StoreError, utc_no
 from fluoscan.unmixing.init import initial_spectra, mean_spectrum
 from fluoscan.unmixing.library import LIBRARY_NAMES
 from fluoscan.unmixing.metrics import residual_map, spectral_angle
-from fluoscan.unmixing.sparsity import AUTO_THRESHOLD_SIGMAS
 from fluoscan.unmixing.nmf import DataWarning, SparseNMF
+from fluoscan.unmixing.site_background import RING_MM, SITE_FRACTION, SiteBackground, SiteRefinement, refine_site_background
+from fluoscan.unmixing.sparsity import AUTO_THRESHOLD_SIGMAS, hoyer_sparsity
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def unmix_store(
     n_jobs: int | None = None,
     backend: str = "numpy",
     scheduler: str | None = None,
+    site_background: str | SiteBackground = SiteBackground.FIT,
 ) -> Path:
     """Unmix the cube of a scan store with sparse NMF and write ``unmixing/`` into the store.
 
@@ -93,6 +95,11 @@ def unmix_store(
         for cubes larger than memory (:mod:`fluoscan.unmixing.dask_backend`; Frobenius loss only).
     scheduler : str, optional
         With ``backend="dask"``: address of a Dask scheduler; None starts a local cluster.
+    site_background : {"fit", "interpolate"}, default="fit"
+        "fit" keeps the autofluorescence at the marker sites as the sparse NMF fitted it.
+        "interpolate" then re-estimates it from the tissue around each site, and the marker
+        spectra and site weights with it (:mod:`fluoscan.unmixing.site_background`). It needs
+        the numpy backend and the Frobenius loss.
 
     Returns
     -------
@@ -120,12 +127,13 @@ def unmix_store(
         if GROUP in store.group and not overwrite:
             raise StoreError(f"store {path} already has an {GROUP}/ group; pass overwrite=True to replace it")
         settings = _unmixing_settings(store, components, sparsity, max_iter, tol, loss, abundance_start)
+        site_background = _site_background_mode(site_background, backend, settings.loss)
         if backend == "dask":
             from fluoscan.unmixing.dask_backend import unmix_with_dask
 
             unmix_with_dask(store, settings, saturation_counts, scheduler=scheduler)
         elif backend == "numpy":
-            _unmix(store, settings, saturation_counts, n_jobs=n_jobs)
+            _unmix(store, settings, saturation_counts, n_jobs=n_jobs, site_background=site_background)
         else:
             raise ValueError(f'backend must be "numpy" or "dask", got {backend!r}')
     return path
@@ -320,20 +328,93 @@ def _fit(problem: _Problem, settings: UnmixingConfig, sparsity: list[Any], *, n_
     return model, A
 
 
-def _unmix(store: ScanStore, settings: UnmixingConfig, saturation_counts: int | None, *, n_jobs: int | None) -> None:
+def _unmix(
+    store: ScanStore,
+    settings: UnmixingConfig,
+    saturation_counts: int | None,
+    *,
+    n_jobs: int | None,
+    site_background: SiteBackground = SiteBackground.FIT,
+) -> None:
     problem = _read_problem(store, settings, saturation_counts)
     sparsity = [component.sparsity for component in problem.components]
     model, A = _fit(problem, settings, sparsity, n_jobs=n_jobs)
-    abundance = problem.to_map(A)
-    residual = problem.to_map(residual_map(problem.M, A, model.components_))
     evidence = auto_sparsity_evidence(model, A)
-    _write_result(store, model, problem.components, settings, abundance, residual, evidence)
+    fitted = _Fitted(A, model.components_, model.sparsity_, model.reconstruction_err_)
+    if site_background is SiteBackground.INTERPOLATE:
+        fitted = _refine_sites(store, problem, model, fitted)
+
+    abundance = problem.to_map(fitted.A)
+    residual = problem.to_map(residual_map(problem.M, fitted.A, fitted.S))
+    _write_result(store, model, problem.components, settings, abundance, residual, evidence, fitted)
     store.write_group_coordinates(GROUP, problem.names)
     log.info(
         "wrote %s/%s: %d iterations, %s, sparsity reached %s",
         store.path, GROUP, model.n_iter_, "converged" if model.converged_ else "not converged",
-        _json_floats(model.sparsity_),
+        _json_floats(fitted.sparsity),
     )  # fmt: skip
+
+
+@dataclass
+class _Fitted:
+    """The weights and spectra written to the store, and the figures that depend on them."""
+
+    A: np.ndarray
+    S: np.ndarray
+    sparsity: np.ndarray
+    reconstruction_err: float
+    site_background: dict[str, Any] | None = None
+
+
+def _site_background_mode(value: str | SiteBackground, backend: str, loss: str) -> SiteBackground:
+    try:
+        mode = SiteBackground(value)
+    except ValueError:
+        allowed = ", ".join(f'"{member.value}"' for member in SiteBackground)
+        raise ValueError(f"site_background must be one of {allowed}, got {value!r}") from None
+    if mode is SiteBackground.INTERPOLATE and backend != "numpy":
+        raise ValueError(f'site_background="interpolate" needs backend="numpy", got backend={backend!r}')
+    if mode is SiteBackground.INTERPOLATE and loss != "frobenius":
+        # The step fits by least squares, so its weights and spectra would not minimise another loss.
+        raise ValueError(f'site_background="interpolate" needs loss="frobenius", got loss={loss!r}')
+    return mode
+
+
+def _refine_sites(store: ScanStore, problem: _Problem, model: SparseNMF, fitted: _Fitted) -> _Fitted:
+    """Interpolate the autofluorescence at the marker sites and return the weights and spectra it gives."""
+    markers = [p for p, rule in enumerate(model.sparsity_target_) if rule is not None]
+    y_mm = store.y_mm()[problem.done]
+    x = store.x()
+    if store.group["x"].attrs.get("units") != "mm":
+        # NOTE: x is a pixel index here; pixels are taken as square, one line pitch wide.
+        x = np.arange(x.size) * _line_pitch(y_mm)
+    refinement: SiteRefinement = refine_site_background(
+        problem.M,
+        fitted.A,
+        fitted.S,
+        markers=markers,
+        fixed=[component.fixed for component in problem.components],
+        shape=(int(problem.done.sum()), problem.n_points),
+        y_mm=y_mm,
+        x_mm=x,
+        saturated=problem.saturated,
+    )
+    A = refinement.abundance.astype(fitted.A.dtype)
+    sparsity = np.array([hoyer_sparsity(A[:, p]) if p in markers else np.nan for p in range(A.shape[1])])
+    residual = residual_map(problem.M, A, refinement.spectra)
+    return _Fitted(
+        A,
+        refinement.spectra,
+        sparsity,
+        float(np.sqrt(np.sum(residual**2))),
+        refinement.summary(SITE_FRACTION, RING_MM),
+    )
+
+
+def _line_pitch(y_mm: np.ndarray) -> float:
+    steps = np.abs(np.diff(y_mm))
+    steps = steps[np.isfinite(steps) & (steps > 0)]
+    return float(np.median(steps)) if steps.size else 1.0
 
 
 def auto_sparsity_evidence(model: SparseNMF, A: np.ndarray) -> list[dict[str, Any] | None]:
@@ -477,7 +558,10 @@ def _write_result(
     abundance: np.ndarray,
     residual: np.ndarray,
     auto_evidence: list[dict[str, Any] | None],
+    fitted: _Fitted | None = None,
 ) -> None:
+    if fitted is None:
+        fitted = _Fitted(abundance, model.components_, model.sparsity_, model.reconstruction_err_)
     group = store.group.create_group(GROUP, overwrite=True)
     arrays = {
         "abundance": (
@@ -485,7 +569,7 @@ def _write_result(
             ["y", "x", "component"],
             {"units": "counts", "long_name": "component weights A, in counts at the peak of each spectrum"},
         ),
-        "spectra": (model.components_.astype(np.float32), ["component", "wavelength"], {"long_name": "fitted spectra S"}),
+        "spectra": (fitted.S.astype(np.float32), ["component", "wavelength"], {"long_name": "fitted spectra S"}),
         "spectra_init": (model.spectra_init_.astype(np.float32), ["component", "wavelength"], {"long_name": "initial spectra"}),
         "residual": (residual, ["y", "x"], {"units": "counts", "long_name": "residual norm per pixel, ||m - a S||"}),
         "loss": (
@@ -505,7 +589,7 @@ def _write_result(
         {
             "components": [component.name for component in chosen],
             "sparsity_target": [component.sparsity for component in chosen],
-            "sparsity_achieved": _json_floats(model.sparsity_),
+            "sparsity_achieved": _json_floats(fitted.sparsity),
             "auto_sparsity": auto_evidence,
             "n_iter": int(model.n_iter_),
             "converged": bool(model.converged_),
@@ -516,7 +600,8 @@ def _write_result(
             "abundance_start": model.abundance_start,
             "spectrum_init": [component.spectrum for component in chosen],
             "fixed": [component.fixed for component in chosen],
-            "reconstruction_err": float(model.reconstruction_err_),
+            "reconstruction_err": float(fitted.reconstruction_err),
+            "site_background": fitted.site_background or {"method": SiteBackground.FIT.value},
             "n_zeroed": [int(count) for count in model.n_zeroed_],
             "beta": [None if cut is None or not np.isfinite(cut.beta) else float(cut.beta) for cut in model.thresholds_],
             "n_clipped": int(model.n_clipped_),

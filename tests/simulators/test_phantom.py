@@ -9,13 +9,21 @@ from fluoscan.acquisition.config import FluoscanConfig, PhantomConfig, parse_con
 from fluoscan.acquisition.devices import GroundTruthSource
 from fluoscan.drivers import DeviceTimeout, Spectrometer
 from fluoscan.simulators.faults import Fault, FaultKind
-from fluoscan.simulators.phantom import MousePhantom, long_pass
+from fluoscan.simulators.phantom import (
+    MousePhantom,
+    effective_attenuation_per_mm,
+    long_pass,
+    merge_autofluorescence,
+    tissue_transmission,
+)
 from fluoscan.simulators.spectrometer import (
     SimulatedAndorSpectrometer,
     open_simulated_spectrometer,
     slit_positions_mm,
     stub_device_context,
 )
+from fluoscan.unmixing.library import library_spectrum
+from fluoscan.unmixing.metrics import spectral_angle
 
 # Lines through the middle of the ICG tube (y = 38 mm) and of the AF750 tube (y = 58 mm) in the demo raster.
 ICG_LINE, AF750_LINE = 44, 71
@@ -181,12 +189,29 @@ def test_truth_shapes_and_names(rig):
     assert np.allclose(spectra.max(axis=1), 1.0)
 
 
+def source_truth(rig: Rig, positions_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Return the phantom's per-source truth for the rig's detector, as its ground_truth would build it."""
+    spectrometer = rig.spectrometer
+    geometry = spectrometer.readout_geometry
+    return spectrometer.phantom.source_truth(
+        positions_mm,
+        x_rows_mm=spectrometer.scene.x_rows_mm(geometry.detector_height_px),
+        track_rows=geometry.track_rows_px(),
+        detector_wavelengths_nm=spectrometer.sdk.spectrograph.physical_wavelengths_nm(
+            geometry.detector_width_px, spectrometer.sdk.detector.pixel_size_um
+        ),
+        columns=geometry.columns(),
+        exposure_s=spectrometer.exposure_s,
+        power_mw=rig.config.laser.power_mw,
+    )
+
+
 @pytest.mark.parametrize("index", [ICG_LINE, AF750_LINE, 100])
-def test_truth_reproduces_dark_subtracted_frame(rig, index):
+def test_source_truth_reproduces_frame(rig, index):
     dark = rig.dark(8).astype(float)
     frame = rig.line(index).astype(float)
     position = rig.config.scan.positions_mm()[index]
-    abundance, spectra, _ = rig.spectrometer.ground_truth(np.array([position]))
+    abundance, spectra, _ = source_truth(rig, np.array([position]))
     model = abundance[0] @ spectra
 
     noise = rig.config.simulation.phantom
@@ -195,6 +220,60 @@ def test_truth_reproduces_dark_subtracted_frame(rig, index):
     z = ((frame - dark.mean(axis=0) - model) / sigma)[unsaturated]
     assert abs(z.mean()) < 0.05
     assert z.std() == pytest.approx(1.0, abs=0.1)
+
+
+def test_truth_markers_match_sources(rig):
+    positions = np.array(rig.config.scan.positions_mm())
+    abundance, spectra, names = rig.spectrometer.ground_truth(positions)
+    source_abundance, source_spectra, sources = source_truth(rig, positions)
+    for name in ("icg_lnp", "af750"):
+        assert np.array_equal(abundance[..., names.index(name)], source_abundance[..., sources.index(name)])
+        assert np.array_equal(spectra[names.index(name)], source_spectra[sources.index(name)])
+
+
+def test_truth_autofluorescence_is_least_squares(rig):
+    """Each pixel's autofluorescence weight is the least-squares fit of the merged spectrum to its skin and gut light."""
+    positions = np.array(rig.config.scan.positions_mm())
+    abundance, spectra, _ = rig.spectrometer.ground_truth(positions)
+    source_abundance, source_spectra, _ = source_truth(rig, positions)
+    light = source_abundance[..., :2] @ source_spectra[:2]
+    leftover = light - abundance[..., :1] * spectra[0]
+    scale = np.linalg.norm(light, axis=-1) * np.linalg.norm(spectra[0])
+    assert np.max(np.abs(leftover @ spectra[0]) / np.maximum(scale, 1e-9)) < 1e-9
+
+
+@pytest.mark.parametrize(("chlorophyll", "max_leftover"), [(0.0, 1e-9), (1.0, 0.3)])
+def test_truth_autofluorescence_leftover(chlorophyll, max_leftover):
+    """With no gut chlorophyll one spectrum explains the autofluorescence; with it, some light is left over."""
+    rig = Rig(demo_config(chlorophyll_brightness=chlorophyll))
+    try:
+        positions = np.array(rig.config.scan.positions_mm())
+        abundance, spectra, _ = rig.spectrometer.ground_truth(positions)
+        source_abundance, source_spectra, _ = source_truth(rig, positions)
+    finally:
+        rig.close()
+    light = source_abundance[..., :2] @ source_spectra[:2]
+    leftover = np.linalg.norm(light - abundance[..., :1] * spectra[0], axis=-1)
+    relative = leftover / np.maximum(np.linalg.norm(light, axis=-1), 1e-9)
+    assert relative.max() <= max_leftover
+    if chlorophyll > 0:
+        assert relative.max() > 0.05
+
+
+def test_merge_of_one_source_keeps_it():
+    spectra = np.array([[0.2, 1.0, 0.5], [1.0, 0.1, 0.0]])
+    abundance = np.array([[[3.0, 7.0], [0.0, 2.0]]])
+    merged_abundance, merged_spectra = merge_autofluorescence(abundance, spectra, 1)
+    assert np.allclose(merged_spectra, spectra)
+    assert np.allclose(merged_abundance, abundance)
+
+
+def test_merge_without_light_keeps_first_spectrum():
+    spectra = np.array([[0.2, 1.0, 0.5], [1.0, 0.1, 0.0], [0.0, 0.3, 1.0]])
+    abundance = np.zeros((2, 2, 3))
+    merged_abundance, merged_spectra = merge_autofluorescence(abundance, spectra, 2)
+    assert np.array_equal(merged_spectra[0], spectra[0])
+    assert np.all(merged_abundance == 0)
 
 
 def test_truth_follows_component_selection():
@@ -232,7 +311,8 @@ def test_tube_blur_grows_with_depth(shallow_mm, deep_mm):
     x_mm = np.linspace(-15, 15, 3001)
 
     def width_mm(depth_mm: float) -> float:
-        profile = make_phantom(tube_depth_mm=depth_mm).abundance(x_mm, 38.0)[:, 1]
+        phantom = make_phantom(tube_depth_mm=depth_mm)
+        profile = phantom.abundance(x_mm, 38.0)[:, phantom.sources.index("icg_lnp")]
         above = x_mm[profile >= profile.max() / 2]
         return above[-1] - above[0]
 
@@ -286,3 +366,67 @@ def test_line_index_rounds_to_nearest():
     phantom = make_phantom()
     assert phantom.line_index(5.0 + 0.75 * 12 + 0.3) == 12
     assert phantom.line_index(5.0 + 0.75 * 12 - 0.3) == 12
+
+
+# ------------------------------------------------------------------ tissue optics
+
+
+def test_attenuation_falls_across_window():
+    mu_per_mm = effective_attenuation_per_mm(np.array([700.0, 800.0, 900.0]), 0.45, 0.25)
+    assert np.allclose(mu_per_mm, [0.45, 0.35, 0.25])
+
+
+def test_attenuation_never_negative():
+    assert effective_attenuation_per_mm(np.array([1500.0]), 0.45, 0.25)[0] == 0.0
+
+
+@pytest.mark.parametrize(("depth_mm", "expected"), [(0.0, 1.0), (2.0, np.exp(-0.9))])
+def test_transmission_at_700nm(depth_mm, expected):
+    assert tissue_transmission(np.array([700.0]), depth_mm, 0.45, 0.25)[0] == pytest.approx(expected)
+
+
+def marker_angle(marker: str, **changes: object) -> float:
+    """Return the angle in rad between a marker's light at the detector and its library spectrum times the filter."""
+    wavelengths = np.linspace(700.0, 900.0, 201)
+    phantom = make_phantom(**changes)
+    seen = phantom.emission_spectra(wavelengths)[phantom.sources.index(marker)]
+    return spectral_angle(seen, library_spectrum(marker, wavelengths) * long_pass(wavelengths))
+
+
+@pytest.mark.parametrize("marker", ["icg_lnp", "af750"])
+def test_no_tissue_keeps_library_shape(marker):
+    assert marker_angle(marker, mu_eff_700nm_per_mm=0.0, mu_eff_900nm_per_mm=0.0) < 1e-12
+
+
+@pytest.mark.parametrize("marker", ["icg_lnp", "af750"])
+@pytest.mark.parametrize(("shallow_mm", "deep_mm"), [(0.5, 1.0), (1.0, 5.0)])
+def test_depth_reshapes_marker(marker, shallow_mm, deep_mm):
+    assert marker_angle(marker, tube_depth_mm=deep_mm) > marker_angle(marker, tube_depth_mm=shallow_mm) > 0.0
+
+
+@pytest.mark.parametrize("marker", ["icg_lnp", "af750"])
+def test_deep_marker_looks_redder(marker):
+    wavelengths = np.linspace(700.0, 900.0, 201)
+    peaks = []
+    for depth_mm in (0.0, 5.0):
+        phantom = make_phantom(tube_depth_mm=depth_mm)
+        peaks.append(wavelengths[np.argmax(phantom.emission_spectra(wavelengths)[phantom.sources.index(marker)])])
+    assert peaks[1] > peaks[0]
+
+
+def test_truth_spectra_differ_from_library(rig):
+    abundance, spectra, names = rig.spectrometer.ground_truth(np.array(rig.config.scan.positions_mm()))
+    wavelengths = rig.spectrometer.wavelengths_nm()
+    for index, name in enumerate(names):
+        assert spectral_angle(spectra[index], library_spectrum(name, wavelengths)) > 0.01
+
+
+def test_gut_is_bluer_than_skin():
+    phantom = make_phantom()
+    x_mm = np.array([phantom.layout.gut_x_mm])
+    wavelengths = np.linspace(700.0, 900.0, 201)
+    light = phantom.abundance(x_mm, phantom.layout.gut_y_mm) @ phantom.emission_spectra(wavelengths)
+    skin_phantom = make_phantom(chlorophyll_brightness=0.0)
+    skin_only = skin_phantom.abundance(x_mm, phantom.layout.gut_y_mm) @ phantom.emission_spectra(wavelengths)
+    blue = wavelengths < 740.0
+    assert light[0, blue].sum() / light[0].sum() > skin_only[0, blue].sum() / skin_only[0].sum()

@@ -3,13 +3,16 @@
 Limits: every map's Pearson r >= 0.98 against the truth, every spectrum within 0.05 rad of the
 truth, and the autofluorescence map at the marker sites (pixels where a marker's true weight is at
 least half its maximum) within 5 % of the truth on average. Maps are compared in counts at the
-peak of their spectrum (see compare_to_truth).
+peak of their spectrum (see compare_to_truth). The truth is what the camera records: marker spectra
+reshaped by the tissue above the tubes, and one autofluorescence component standing for skin and
+gut chlorophyll together (phantom_cases.py).
 
-Two methods run on each phantom setting (phantom_cases.py): "published", the demo configuration as
-shipped (sparsity target 0.9 for both markers, constant starting weights), and "auto", the "auto"
-sparsity rule with least-squares starting weights. DOCUMENTED_FAILURES lists the criteria that a
-method misses on a setting, as measured. The test asserts that they still fail, so that a change
-that fixes one also updates docs/unmixing.md and bench/RESULTS.md.
+Three methods run on each phantom setting (phantom_cases.py): "published", the demo configuration
+as shipped (sparsity target 0.9 for both markers, constant starting weights); "auto", the "auto"
+sparsity rule with least-squares starting weights; and "auto+sites", "auto" followed by the
+interpolation of the autofluorescence at the marker sites. DOCUMENTED_FAILURES lists the criteria
+that a method misses on a setting, as measured. The test asserts that they still fail, so that a
+change that fixes one also updates docs/unmixing.md and bench/RESULTS.md.
 """
 
 import shutil
@@ -32,13 +35,24 @@ from fluoscan.unmixing import ConvergenceWarning, DataWarning, unmix_store
 
 # Measured with the fast raster of phantom_cases.py (figures in bench/RESULTS.md).
 DOCUMENTED_FAILURES = {
-    # Target 0.9 keeps too few pixels of the blurred tubes: r 0.88, af750 0.086 rad, background +6.5 %.
-    ("deeper", "published"): {"correlation", "spectra", "background"},
-    # The af750 spectrum drifts to 0.075 rad from the truth.
-    ("dimmer", "published"): {"spectra"},
-    # The auto threshold rises with the noise and trims the tubes' edges, whose signal the
-    # autofluorescence map takes: +5.9 % at the tube cores.
+    # The marker spectra, started from the library, do not reach what the tissue makes of them, and
+    # the autofluorescence map takes the difference at the sites: +8.6 % ("published"), +11 % ("auto").
+    ("default", "published"): {"background"},
+    ("default", "auto"): {"background"},
+    ("noisier", "published"): {"background"},
+    ("noisier", "auto"): {"background"},
+    ("noisiest", "published"): {"background"},
     ("noisiest", "auto"): {"background"},
+    # Tubes 5 mm deep are 4 times dimmer and 4 times wider, so the af750 map takes up part of the
+    # gut's chlorophyll (r 0.86 to 0.88, af750 0.13 to 0.23 rad). Target 0.9 also cuts the ICG map
+    # short (r 0.87). Interpolating the sites spreads the error (af750 r 0.68, background -7 %).
+    ("deeper", "published"): {"correlation", "spectra"},
+    ("deeper", "auto"): {"correlation", "spectra"},
+    ("deeper", "auto+sites"): {"correlation", "spectra", "background"},
+    # Markers at 3 % brightness: the af750 map turns into the gut's chlorophyll (r 0.56 and 0.07).
+    ("dimmer", "published"): {"correlation", "spectra"},
+    ("dimmer", "auto"): {"correlation", "spectra"},
+    ("dimmer", "auto+sites"): {"correlation", "spectra", "background"},
 }
 CRITERIA = ("correlation", "spectra", "background")
 
@@ -124,3 +138,17 @@ def test_auto_sparsity_follows_tube_size(unmixed):
     deeper = zarr.open_group(str(deeper_path), mode="r")["unmixing"].attrs["auto_sparsity"]
     for p in (1, 2):
         assert deeper[p]["sparsity"] < default[p]["sparsity"] - 0.05
+
+
+@pytest.mark.parametrize(("method", "expected"), [("auto", "fit"), ("auto+sites", "interpolate")])
+def test_site_background_recorded(unmixed, method, expected):
+    path, _ = unmixed("default", method)
+    record = zarr.open_group(str(path), mode="r")["unmixing"].attrs["site_background"]
+    assert record["method"] == expected
+
+
+def test_site_background_covers_both_tubes(unmixed):
+    path, _ = unmixed("default", "auto+sites")
+    record = zarr.open_group(str(path), mode="r")["unmixing"].attrs["site_background"]
+    assert record["n_regions"] == 2
+    assert record["skipped_regions"] == []
