@@ -70,11 +70,21 @@ def _frobenius_pass(M, A, S, SSt, AtM, accumulate, row_offset, block_rows):
         stop = min(start + _TILE_ROWS, n_rows, boundary)
 
         for i in range(start, stop):
-            for p in range(n_components):
-                total = np.float32(0)
+            if n_components == 3:
+                # The usual three components: one sweep over the row feeds all three dot products.
+                total0, total1, total2 = np.float32(0), np.float32(0), np.float32(0)
                 for j in range(n_wavelengths):
-                    total += M[i, j] * S[p, j]
-                numerator[p] = total
+                    value = M[i, j]
+                    total0 += value * S[0, j]
+                    total1 += value * S[1, j]
+                    total2 += value * S[2, j]
+                numerator[0], numerator[1], numerator[2] = total0, total1, total2
+            else:
+                for p in range(n_components):
+                    total = np.float32(0)
+                    for j in range(n_wavelengths):
+                        total += M[i, j] * S[p, j]
+                    numerator[p] = total
             for p in range(n_components):
                 total = np.float32(0)
                 for q in range(n_components):
@@ -83,10 +93,31 @@ def _frobenius_pass(M, A, S, SSt, AtM, accumulate, row_offset, block_rows):
             for p in range(n_components):
                 A[i, p] = A[i, p] * (numerator[p] / denominator[p])
 
+        full_tile = stop - start == _TILE_ROWS
+        if full_tile and n_components == 3 and accumulate[0] and accumulate[1] and accumulate[2]:
+            # One sweep over the tile's rows updates the partial sums of all three columns.
+            a00, a01, a02 = A[start, 0], A[start, 1], A[start, 2]
+            a10, a11, a12 = A[start + 1, 0], A[start + 1, 1], A[start + 1, 2]
+            a20, a21, a22 = A[start + 2, 0], A[start + 2, 1], A[start + 2, 2]
+            a30, a31, a32 = A[start + 3, 0], A[start + 3, 1], A[start + 3, 2]
+            for j in range(n_wavelengths):
+                m0, m1, m2, m3 = M[start, j], M[start + 1, j], M[start + 2, j], M[start + 3, j]
+                partial[0, j] += a00 * m0 + a10 * m1 + a20 * m2 + a30 * m3
+                partial[1, j] += a01 * m0 + a11 * m1 + a21 * m2 + a31 * m3
+                partial[2, j] += a02 * m0 + a12 * m1 + a22 * m2 + a32 * m3
+            start = stop
+            if start == boundary or start == n_rows:
+                boundary += block_rows
+                for p in range(n_components):
+                    for j in range(n_wavelengths):
+                        AtM[p, j] += partial[p, j]
+                        partial[p, j] = 0
+            continue
+
         for p in range(n_components):
             if not accumulate[p]:
                 continue
-            if stop - start == _TILE_ROWS:
+            if full_tile:
                 a0, a1, a2, a3 = A[start, p], A[start + 1, p], A[start + 2, p], A[start + 3, p]
                 for j in range(n_wavelengths):
                     partial[p, j] += a0 * M[start, j] + a1 * M[start + 1, j] + a2 * M[start + 2, j] + a3 * M[start + 3, j]
@@ -179,56 +210,71 @@ def _threshold_gram(A_work, A, thresholds, columns, AtA):
     return counts
 
 
-def _window_cut(matrix, column, target, low, high, window, tie_tolerance):
-    """Find the cut of ``matrix[:, column]`` closest to a sparsity target, among the cuts inside [low, high).
+# Columns of the statistics that _window_scan writes for each scanned column.
+SCAN_NONZERO, SCAN_HIGH, SCAN_SUM_HIGH, SCAN_SUM_SQ_HIGH, SCAN_MIN_HIGH, SCAN_MAX_HIGH, SCAN_MAX_LOW, SCAN_WINDOW = range(8)
 
-    The steps and the rules (realisable cuts, ties to the denser cut) are those of
-    :func:`fluoscan.unmixing.sparsity.sparsity_threshold`; :mod:`fluoscan.unmixing.threshold_search`
-    explains why a cut found here is the full sort's. ``window`` is a float64 work buffer of the
-    column's length.
 
-    Returns (status, entries kept, threshold, largest value, sparsity, values in the window). Status
-    1: found, with threshold 0 when the cut keeps every non-zero entry; 0: the window does not
-    provably contain the cut; 2: the column is zero everywhere.
+def _window_scan(matrix, columns, lows, highs, windows, stats):
+    """Summarise columns of ``matrix`` around threshold windows [low, high), all in one pass over its rows.
+
+    For scanned column k (``matrix[:, columns[k]]``), the positive values in its window go to
+    ``windows[k]`` and ``stats[k]`` receives, at the SCAN_* positions: the number of non-zero
+    entries, the number ≥ high with their sum, sum of squares, minimum and maximum, the largest
+    value below low, and the number of values in the window. Sums are float64.
     """
-    length = matrix.shape[0]
+    n_rows = matrix.shape[0]
+    n_scanned = columns.size
+    stats[:, :] = 0.0
+    stats[:, SCAN_MIN_HIGH] = np.inf
+    for i in range(n_rows):
+        for k in range(n_scanned):
+            value = matrix[i, columns[k]]
+            # Most entries lie below the window, so that branch comes first and does the least.
+            if value < lows[k]:
+                if value > 0:
+                    stats[k, SCAN_NONZERO] += 1
+                    stats[k, SCAN_MAX_LOW] = max(stats[k, SCAN_MAX_LOW], np.float64(value))
+            elif value >= highs[k]:
+                value64 = np.float64(value)
+                stats[k, SCAN_HIGH] += 1
+                stats[k, SCAN_SUM_HIGH] += value64
+                stats[k, SCAN_SUM_SQ_HIGH] += value64 * value64
+                stats[k, SCAN_MIN_HIGH] = min(stats[k, SCAN_MIN_HIGH], value64)
+                stats[k, SCAN_MAX_HIGH] = max(stats[k, SCAN_MAX_HIGH], value64)
+            elif value > 0:
+                windows[k, int(stats[k, SCAN_WINDOW])] = value
+                stats[k, SCAN_WINDOW] += 1
+    for k in range(n_scanned):
+        stats[k, SCAN_NONZERO] += stats[k, SCAN_HIGH] + stats[k, SCAN_WINDOW]
+
+
+def _window_select(window, stats, target, length, tie_tolerance):
+    """Find the cut closest to a sparsity target among the cuts inside a scanned window.
+
+    ``window`` holds the window's values and ``stats`` the column's statistics from
+    :func:`_window_scan`. The steps and the rules (realisable cuts, ties to the denser cut) are
+    those of :func:`fluoscan.unmixing.sparsity.sparsity_threshold`;
+    :mod:`fluoscan.unmixing.threshold_search` explains why a cut found here is the full sort's.
+
+    Returns (status, entries kept, threshold, largest value, sparsity). Status 1: found, with
+    threshold 0 when the cut keeps every non-zero entry; 0: the window does not provably contain
+    the cut; 2: the column is zero everywhere.
+    """
     root = np.sqrt(length)
-    n_window = 0
-    n_nonzero = 0
-    n_high = 0
-    sum_high = 0.0
-    sum_sq_high = 0.0
-    min_high = np.inf
-    max_high = 0.0
-    max_low = 0.0
-    # Most entries lie below the window, so that branch comes first and does the least.
-    for i in range(length):
-        value = matrix[i, column]
-        if value < low:
-            if value > 0:
-                n_nonzero += 1
-                max_low = max(max_low, np.float64(value))
-        elif value >= high:
-            n_high += 1
-            value64 = np.float64(value)
-            sum_high += value64
-            sum_sq_high += value64 * value64
-            min_high = min(min_high, value64)
-            max_high = max(max_high, value64)
-        elif value > 0:
-            window[n_window] = value
-            n_window += 1
-    n_nonzero += n_high + n_window
-    peak = max(max_high, max_low)
+    n_window = window.size
+    n_nonzero = int(stats[SCAN_NONZERO])
+    n_high = int(stats[SCAN_HIGH])
+    max_low = stats[SCAN_MAX_LOW]
+    peak = max(stats[SCAN_MAX_HIGH], max_low)
     for j in range(n_window):
         peak = max(peak, window[j])
     if n_nonzero == 0:
-        return 2, 0, 0.0, 0.0, np.nan, n_window
+        return 2, 0, 0.0, 0.0, np.nan
 
     # Candidate j keeps n_high + j entries: j = 0 cuts at the window's top, j = n_window at its bottom.
-    values = np.sort(window[:n_window])[::-1]
+    values = np.sort(window)[::-1]
     sparsity = np.empty(n_window + 1)
-    total, total_sq = sum_high, sum_sq_high
+    total, total_sq = stats[SCAN_SUM_HIGH], stats[SCAN_SUM_SQ_HIGH]
     for j in range(n_window + 1):
         if j > 0:
             total += values[j - 1]
@@ -237,7 +283,7 @@ def _window_cut(matrix, column, target, low, high, window, tie_tolerance):
 
     # Sparser cuts than the window's top are farther only if that cut is still at or above the target.
     if n_high > 0 and sparsity[0] < target:
-        return 0, 0, 0.0, peak, np.nan, n_window
+        return 0, 0, 0.0, peak, np.nan
     nearest = np.inf
     for j in range(n_window + 1):
         # A cut is realisable where the next value is strictly smaller; both window ends are.
@@ -245,14 +291,14 @@ def _window_cut(matrix, column, target, low, high, window, tie_tolerance):
         if realisable and abs(sparsity[j] - target) < nearest:
             nearest = abs(sparsity[j] - target)
     if nearest == np.inf:
-        return 0, 0, 0.0, peak, np.nan, n_window
+        return 0, 0, 0.0, peak, np.nan
     # Denser cuts than the window's bottom are farther only if the next one is already far below the target.
     if n_high + n_window < n_nonzero:
         total += max_low
         total_sq += max_low * max_low
         following = (root - total / np.sqrt(total_sq)) / (root - 1.0)
         if not target - following > nearest + tie_tolerance:
-            return 0, 0, 0.0, peak, np.nan, n_window
+            return 0, 0, 0.0, peak, np.nan
 
     # Candidates run from sparse to dense, so the last of the closest is the densest cut.
     best = -1
@@ -260,10 +306,10 @@ def _window_cut(matrix, column, target, low, high, window, tie_tolerance):
         realisable = n_high > 0 if j == 0 else (j == n_window or values[j - 1] > values[j])
         if realisable and abs(sparsity[j] - target) <= nearest + tie_tolerance:
             best = j
-    threshold = min_high if best == 0 else values[best - 1]
+    threshold = stats[SCAN_MIN_HIGH] if best == 0 else values[best - 1]
     if n_high + best == n_nonzero:
         threshold = 0.0
-    return 1, n_high + best, threshold, peak, sparsity[best], n_window
+    return 1, n_high + best, threshold, peak, sparsity[best]
 
 
 def _compile_exact(function):
@@ -277,4 +323,5 @@ frobenius_pass = _compile(_frobenius_pass)
 rows_product = _compile(_rows_product)
 row_squared_residuals = _compile(_row_squared_residuals)
 threshold_gram = _compile(_threshold_gram)
-window_cut = _compile_exact(_window_cut)
+window_scan = _compile_exact(_window_scan)
+window_select = _compile_exact(_window_select)

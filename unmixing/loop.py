@@ -34,7 +34,7 @@ from fluoscan.unmixing.kernels import (
     update_spectra_kl,
 )
 from fluoscan.unmixing.sparsity import Threshold, noise_threshold
-from fluoscan.unmixing.threshold_search import INITIAL_WIDTH, search_threshold
+from fluoscan.unmixing.threshold_search import INITIAL_WIDTH, search_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class _Updater:
         self.cuts: list[Threshold | None] = [None] * n_components
         self.n_zeroed = np.zeros(n_components, dtype=np.int64)
         self.widths = [INITIAL_WIDTH] * n_components
-        self.window = np.empty(n_pixels)
+        self.window = np.empty((len(self.targeted), n_pixels))
         self.columns = np.empty((n_components, n_pixels), dtype=A_work.dtype)
         self.threshold_seconds = 0.0
         # Targeted columns with more kept entries than this are summed in the A pass and corrected
@@ -287,16 +287,19 @@ class _Updater:
     def find_cuts(self) -> None:
         """Find each targeted column's cut, starting each search from the column's previous threshold."""
         started = time.perf_counter()
+        searched = []
         for p in self.targeted:
-            rule = self.settings.rules[p]
-            column = self.A_work[:, p]
-            if rule == "auto":
-                self.cuts[p] = noise_threshold(column)
-                continue
-            previous = self.cuts[p].threshold if self.cuts[p] is not None else 0.0
-            self.cuts[p], self.widths[p] = search_threshold(
-                column, float(rule), previous, self.widths[p], self.window, matrix=self.A_work, index=p
-            )
+            if self.settings.rules[p] == "auto":
+                self.cuts[p] = noise_threshold(self.A_work[:, p])
+            else:
+                searched.append(p)
+        if searched:
+            previous = [self.cuts[p].threshold if self.cuts[p] is not None else 0.0 for p in searched]
+            targets = [float(self.settings.rules[p]) for p in searched]
+            widths = [self.widths[p] for p in searched]
+            found = search_thresholds(self.A_work, searched, targets, previous, widths, self.window)
+            for p, (cut, width) in zip(searched, found):
+                self.cuts[p], self.widths[p] = cut, width
         self.threshold_seconds += time.perf_counter() - started
 
     def threshold(self) -> None:

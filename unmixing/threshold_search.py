@@ -35,14 +35,7 @@ _TIE_TOLERANCE = 1e-12
 
 
 def search_threshold(
-    column: np.ndarray,
-    target: float,
-    previous: float,
-    width: float = INITIAL_WIDTH,
-    window: np.ndarray | None = None,
-    *,
-    matrix: np.ndarray | None = None,
-    index: int = 0,
+    column: np.ndarray, target: float, previous: float, width: float = INITIAL_WIDTH, window: np.ndarray | None = None
 ) -> tuple[Threshold, float]:
     """Find the cut of ``sparsity_threshold(column, target)`` by searching near a previous threshold.
 
@@ -56,11 +49,8 @@ def search_threshold(
         The column's threshold at the previous iteration; 0 or less runs the full sort.
     width : float, default=0.05
         Relative half-width of the first window, [previous·(1 − width), previous·(1 + width)).
-    window : ndarray of shape (X,), float64, optional
+    window : ndarray of shape (1, X), float64, optional
         Work buffer, so that repeated searches allocate nothing.
-    matrix, index : optional
-        A C-contiguous (X, P) array whose column ``index`` is ``column``. The compiled scan then
-        reads the column from it, which skips numba's slower handling of a strided 1-D view.
 
     Returns
     -------
@@ -69,27 +59,64 @@ def search_threshold(
     width : float
         The half-width to start from at the next iteration, from how far the threshold moved.
     """
-    if not compiled.AVAILABLE or not previous > 0 or not math.isfinite(previous):
-        return sparsity_threshold(column, target), width
-    window = np.empty(column.size) if window is None else window
-    if matrix is None or not matrix.flags.c_contiguous:
-        matrix, index = np.ascontiguousarray(column).reshape(-1, 1), 0
+    matrix = np.ascontiguousarray(column).reshape(-1, 1)
+    return search_thresholds(matrix, [0], [target], [previous], [width], window)[0]
+
+
+def search_thresholds(
+    matrix: np.ndarray,
+    columns: list[int],
+    targets: list[float],
+    previous: list[float],
+    widths: list[float],
+    windows: np.ndarray | None = None,
+) -> list[tuple[Threshold, float]]:
+    """Run :func:`search_threshold` on several columns of a C-contiguous (X, P) ``matrix``, reading it once.
+
+    ``windows`` is an optional float64 work buffer of shape (at least len(columns), X). Returns one
+    (cut, next width) pair per column, in the order of ``columns``.
+    """
+    length = matrix.shape[0]
+    results: list[tuple[Threshold, float] | None] = [None] * len(columns)
+    pending = []
+    for k, column in enumerate(columns):
+        if compiled.AVAILABLE and previous[k] > 0 and math.isfinite(previous[k]):
+            pending.append(k)
+        else:
+            results[k] = (sparsity_threshold(matrix[:, column], targets[k]), widths[k])
+    if pending and (windows is None or windows.shape[0] < len(columns) or windows.shape[1] < length):
+        windows = np.empty((len(columns), length))
+    stats = np.empty((len(columns), 8))
+    widths = list(widths)
+
     for _ in range(_MAX_TRIES):
-        low, high = previous * (1.0 - width), previous * (1.0 + width)
-        cut = _cut_in_window(matrix, index, target, low, high, window)
-        if cut is not None:
-            move = abs(cut.threshold - previous) / previous
-            return cut, min(max(_MOVE_MARGIN * move, _MIN_WIDTH), _MAX_WIDTH)
-        width = min(width * 2, _MAX_WIDTH)
-    log.debug("threshold search fell back to a full sort (target %g, previous threshold %g)", target, previous)
-    return sparsity_threshold(column, target), INITIAL_WIDTH
+        if not pending:
+            break
+        scanned = np.array([columns[k] for k in pending], dtype=np.int64)
+        lows = np.array([previous[k] * (1.0 - widths[k]) for k in pending])
+        highs = np.array([previous[k] * (1.0 + widths[k]) for k in pending])
+        compiled.window_scan(matrix, scanned, lows, highs, windows, stats)
+        failed = []
+        for row, k in enumerate(pending):
+            n_window = int(stats[row, compiled.SCAN_WINDOW])
+            cut = _select(windows[row, :n_window], stats[row], targets[k], length)
+            if cut is None:
+                widths[k] = min(widths[k] * 2, _MAX_WIDTH)
+                failed.append(k)
+                continue
+            move = abs(cut.threshold - previous[k]) / previous[k]
+            results[k] = (cut, min(max(_MOVE_MARGIN * move, _MIN_WIDTH), _MAX_WIDTH))
+        pending = failed
+
+    for k in pending:
+        log.debug("threshold search fell back to a full sort (target %g, previous threshold %g)", targets[k], previous[k])
+        results[k] = (sparsity_threshold(matrix[:, columns[k]], targets[k]), INITIAL_WIDTH)
+    return results
 
 
-def _cut_in_window(
-    matrix: np.ndarray, index: int, target: float, low: float, high: float, window: np.ndarray
-) -> Threshold | None:
-    """Return the closest cut of column ``index`` when the window [low, high) provably contains it, else None."""
-    status, n_kept, threshold, peak, sparsity, _ = compiled.window_cut(matrix, index, target, low, high, window, _TIE_TOLERANCE)
+def _select(window: np.ndarray, stats: np.ndarray, target: float, length: int) -> Threshold | None:
+    """Return the closest cut when the scanned window provably contains it, else None."""
+    status, n_kept, threshold, peak, sparsity = compiled.window_select(window, stats, target, length, _TIE_TOLERANCE)
     if status == 0:
         return None
     if status == 2:

@@ -10,7 +10,7 @@ import pytest
 from fluoscan.unmixing import ConvergenceWarning, SparseNMF, compiled
 from fluoscan.unmixing.kernels import update_abundance
 from fluoscan.unmixing.sparsity import sparsity_threshold
-from fluoscan.unmixing.threshold_search import search_threshold
+from fluoscan.unmixing.threshold_search import search_threshold, search_thresholds
 from fluoscan.tests.unmixing.synthetic import mouse_scene
 
 needs_numba = pytest.mark.skipif(not compiled.AVAILABLE, reason="numba is not installed")
@@ -174,3 +174,18 @@ def test_compiled_fit_matches_blas_fit(monkeypatch, dtype, tolerance, sparsity):
 def test_threshold_search_time_is_recorded():
     model, _ = fit_mouse([None, 0.8, 0.8], np.float32)
     assert 0 < model.threshold_seconds_per_iter_ < model.seconds_per_iter_
+
+
+@needs_numba
+def test_search_thresholds_reads_columns_at_once():
+    rng = np.random.default_rng(6)
+    matrix = np.stack([rng.random(4000) ** 6, np.round(rng.random(4000) * 10) / 10, rng.exponential(1.0, 4000)], axis=1)
+    targets = [0.9, 0.5, 0.7]
+    expected = [sparsity_threshold(matrix[:, k], targets[k]) for k in range(3)]
+    previous = [expected[0].threshold * 1.02, expected[1].threshold, expected[2].threshold * 0.5]
+
+    found = search_thresholds(matrix, [0, 1, 2], targets, previous, [0.01, 0.05, 0.01])
+
+    for (cut, _), reference in zip(found, expected):
+        assert cut.n_kept == reference.n_kept
+        assert cut.threshold == reference.threshold
