@@ -1,8 +1,8 @@
 """Unmixing quality: the phantom against its ground truth, Samson against its reference spectra, a sweep.
 
 1. Phantom table: each phantom setting of tests/unmixing/phantom_cases.py (default, deeper tubes,
-   dimmer markers, noisier, noisiest) is scanned once with the real scan procedure and unmixed with
-   each method below. Printed per case: spectral angle (SAD) and map correlation r of every
+   dimmer markers, noisier, noisiest, purified diet, and deeper and dimmer on a purified diet) is
+   scanned once with the real scan procedure and unmixed with each method below. Printed per case: spectral angle (SAD) and map correlation r of every
    component against the truth, the autofluorescence error at the marker sites, the sparsity that
    the markers reached, and whether the acceptance limits hold (r >= 0.98, SAD <= 0.05 rad,
    autofluorescence at the sites within 5 %).
@@ -30,7 +30,13 @@ import zarr
 
 from fluoscan.acquisition.importers import CubeLayout, import_cube
 from fluoscan.tests.conftest import SHARED_DATA
-from fluoscan.tests.unmixing.phantom_cases import PHANTOM_SETTINGS, failed_criteria, scan_phantom, store_scores
+from fluoscan.tests.unmixing.phantom_cases import (
+    DIAGNOSTIC_SETTINGS,
+    PHANTOM_SETTINGS,
+    failed_criteria,
+    scan_phantom,
+    store_scores,
+)
 from fluoscan.unmixing import ConvergenceWarning, DataWarning, match_components, sweep_sparsity, unmix_store
 from fluoscan.unmixing.metrics import compare_to_truth
 
@@ -136,16 +142,17 @@ def sweep_table(folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", default=",".join(PHANTOM_SETTINGS), help="Comma-separated phantom settings.")
+    all_settings = {**PHANTOM_SETTINGS, **DIAGNOSTIC_SETTINGS}
+    parser.add_argument("--settings", default=",".join(all_settings), help="Comma-separated phantom settings.")
     parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated unmixing methods.")
     parser.add_argument("--skip-samson", action="store_true", help="Leave out the Samson table.")
     parser.add_argument("--skip-sweep", action="store_true", help="Leave out the sparsity sweep.")
     arguments = parser.parse_args()
     settings = [name.strip() for name in arguments.settings.split(",") if name.strip()]
     methods = [name.strip() for name in arguments.methods.split(",") if name.strip()]
-    unknown = sorted(set(settings) - set(PHANTOM_SETTINGS)) + sorted(set(methods) - set(METHODS))
+    unknown = sorted(set(settings) - set(all_settings)) + sorted(set(methods) - set(METHODS))
     if unknown:
-        parser.error(f"unknown settings or methods {unknown}; settings: {list(PHANTOM_SETTINGS)}, methods: {list(METHODS)}")
+        parser.error(f"unknown settings or methods {unknown}; settings: {list(all_settings)}, methods: {list(METHODS)}")
     logging.basicConfig(level=logging.WARNING)
 
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as folder:

@@ -48,6 +48,13 @@ PHANTOM_SETTINGS: dict[str, dict[str, Any]] = {
     "purified": {"chlorophyll_brightness": 0.0},
 }
 
+# Settings that only bench/bench_quality.py scans: "deeper" and "dimmer" without the gut's chlorophyll,
+# which tell the failures that the chlorophyll causes from those of depth and brightness.
+DIAGNOSTIC_SETTINGS: dict[str, dict[str, Any]] = {
+    "deeper-purified": {"tube_depth_mm": 5.0, "chlorophyll_brightness": 0.0},
+    "dimmer-purified": {"marker_brightness": 0.03, "chlorophyll_brightness": 0.0},
+}
+
 # Unmixing methods, as arguments of unmix_store on top of the demo configuration.
 METHODS: dict[str, dict[str, Any]] = {
     # The demo configuration as shipped: sparsity target 0.9 for both markers, constant starting weights.
@@ -72,14 +79,15 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def phantom_config(setting: str, **sections: dict[str, Any]) -> FluoscanConfig:
-    """Return the demo configuration on the fast raster with one of :data:`PHANTOM_SETTINGS`."""
+    """Return the demo configuration on the fast raster with one of :data:`PHANTOM_SETTINGS` or :data:`DIAGNOSTIC_SETTINGS`."""
     base = load_config(shipped_config("simulated-mouse")).to_dict()
-    data = _merge(_merge(base, _FAST_RASTER), {"simulation": {"phantom": PHANTOM_SETTINGS[setting]}})
+    phantom = {**PHANTOM_SETTINGS, **DIAGNOSTIC_SETTINGS}[setting]
+    data = _merge(_merge(base, _FAST_RASTER), {"simulation": {"phantom": phantom}})
     return parse_config(_merge(data, sections), f"phantom setting {setting!r}")
 
 
 def scan_phantom(path: str | Path, setting: str) -> Path:
-    """Simulate a scan of the phantom with one of :data:`PHANTOM_SETTINGS` into a new store."""
+    """Simulate a scan of the phantom with one of :data:`PHANTOM_SETTINGS` or :data:`DIAGNOSTIC_SETTINGS` into a new store."""
     return run_scan(phantom_config(setting), path, overwrite=True)
 
 

@@ -13,7 +13,7 @@ PITCH_MM = 0.5
 SHAPE = (30, 40)
 
 
-def scene(seed=0):
+def scene(seed=0, marker_peak=8000.0):
     """Return M, the true (A, S), and an equally good factorization with a biased marker spectrum.
 
     The background is a smooth field whose spectrum drifts across the image; the marker is a bright
@@ -28,7 +28,7 @@ def scene(seed=0):
     yy, xx = np.mgrid[0:ny, 0:nx] * PITCH_MM
     level = 1000.0 * (1.0 + 0.1 * np.sin(yy / 6.0) + 0.05 * xx / xx.max())
     blue_share = 0.3 * xx / xx.max()
-    blob = 8000.0 * np.exp(-((yy - 7.0) ** 2 + (xx - 10.0) ** 2) / (2 * 1.0**2))
+    blob = marker_peak * np.exp(-((yy - 7.0) ** 2 + (xx - 10.0) ** 2) / (2 * 1.0**2))
 
     # Exact product with per-pixel background spectra, which no single spectrum reproduces.
     background = level[..., None] * ((1 - blue_share)[..., None] * red + blue_share[..., None] * blue)
@@ -94,6 +94,26 @@ def test_reports_one_region():
     assert refined.skipped_regions == []
 
 
+def test_faint_region_is_left_as_fitted():
+    M, _, (A_fit, S_fit) = scene(marker_peak=200.0)
+    refined = refine(M, A_fit, S_fit)
+    assert refined.n_regions == 0
+    assert len(refined.faint_regions) == 1
+    assert refined.faint_regions[0]["contrast"] < 0.5
+    assert np.array_equal(refined.abundance, A_fit)
+    assert np.array_equal(refined.spectra, S_fit)
+
+
+def test_marker_outside_regions_keeps_spectrum():
+    """A second marker with no light in the interpolated region keeps its fitted spectrum."""
+    M, _, (A_fit, S_fit) = scene()
+    other = np.exp(-0.5 * ((np.linspace(0.0, 1.0, S_fit.shape[1]) - 0.85) / 0.05) ** 2)
+    A_two = np.column_stack([A_fit, np.zeros(A_fit.shape[0])])
+    A_two[0, 2] = 1.0
+    refined = refine(M, A_two, np.vstack([S_fit, other]), markers=[1, 2], fixed=[False, False, False])
+    assert np.array_equal(refined.spectra[2], other)
+
+
 def test_fixed_marker_spectrum_is_kept():
     M, _, (A_fit, S_fit) = scene()
     refined = refine(M, A_fit, S_fit, fixed=[False, True])
@@ -142,8 +162,9 @@ def test_site_mask_grows_by_one_pixel(fraction, n_pixels):
 
 
 def write_scan(path):
-    """Write a small simulated mouse scan (Poisson counts over a dark level)."""
+    """Write a small simulated mouse scan (Poisson counts over a dark level), with markers 5 times brighter than the tissue."""
     A, S, wavelengths_nm = mouse_scene(seed=3)
+    A[..., 1:] *= 5.0
     ny, nx, _ = A.shape
     counts = np.random.default_rng(3).poisson(A @ S + 300).astype(np.uint16)
     unmixing = {
