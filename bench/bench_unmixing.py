@@ -37,8 +37,8 @@ from fluoscan.unmixing.library import library_spectrum
 N_Y, N_X, N_WAVELENGTHS = 256, 256, 512
 COMPONENTS = ("autofluorescence", "icg_lnp", "af750")
 SPARSITY = [None, 0.9, 0.9]
-REPEATS = 3
-U1_ITERATIONS = 100
+REPEATS = 5
+U1_ITERATIONS = 60
 
 
 def mouse_cube(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -87,18 +87,20 @@ def bench_u1_u3(M: np.ndarray, S: np.ndarray) -> dict:
     quiet_fit(SparseNMF(3, sparsity=SPARSITY, max_iter=2, tol=0), M, S)
     reference_s = np.inf
     results = {}
-    for name, sparsity in (("sparse", SPARSITY), ("plain", None)):
+    # "one_thread" runs on one core, as the reference passes do, so that a process on the other
+    # core slows both sides of its ratio alike.
+    for name, sparsity, n_jobs in (("sparse", SPARSITY, None), ("plain", None, None), ("one_thread", SPARSITY, 1)):
         per_iteration_s, search_s = np.inf, np.inf
         for _ in range(REPEATS):
             reference_s = min(reference_s, two_passes_s(M))
-            model = SparseNMF(3, sparsity=sparsity, max_iter=U1_ITERATIONS, tol=0)
+            model = SparseNMF(3, sparsity=sparsity, max_iter=U1_ITERATIONS, tol=0, n_jobs=n_jobs)
             quiet_fit(model, M, S)
             if model.seconds_per_iter_ < per_iteration_s:
                 per_iteration_s, search_s = model.seconds_per_iter_, model.threshold_seconds_per_iter_
         results[name] = {"seconds_per_iteration": per_iteration_s, "search_seconds_per_iteration": search_s}
     reference_s = min(reference_s, two_passes_s(M))
     results["two_passes_s"] = reference_s
-    for name in ("sparse", "plain"):
+    for name in ("sparse", "plain", "one_thread"):
         results[name]["u1"] = results[name]["seconds_per_iteration"] / reference_s
     results["u3"] = results["sparse"]["search_seconds_per_iteration"] / results["sparse"]["seconds_per_iteration"]
     return results
@@ -231,7 +233,8 @@ def main() -> None:
     print(
         f"U1 seconds per iteration / two streaming passes ({u['two_passes_s'] * 1e3:.1f} ms): "
         f"{u['sparse']['u1']:.2f} with sparsity {SPARSITY} ({u['sparse']['seconds_per_iteration'] * 1e3:.1f} ms), "
-        f"{u['plain']['u1']:.2f} without ({u['plain']['seconds_per_iteration'] * 1e3:.1f} ms) (goal <= 1.3)"
+        f"{u['plain']['u1']:.2f} without ({u['plain']['seconds_per_iteration'] * 1e3:.1f} ms) (goal <= 1.3); "
+        f"one thread with sparsity: {u['one_thread']['u1']:.2f} ({u['one_thread']['seconds_per_iteration'] * 1e3:.1f} ms)"
     )
     print(
         f"U3 threshold search / iteration: {u['u3']:.1%} "

@@ -215,7 +215,7 @@ SCAN_NONZERO, SCAN_HIGH, SCAN_SUM_HIGH, SCAN_SUM_SQ_HIGH, SCAN_MIN_HIGH, SCAN_MA
 
 
 def _window_scan(matrix, columns, lows, highs, windows, stats):
-    """Summarise columns of ``matrix`` around threshold windows [low, high), all in one pass over its rows.
+    """Summarise columns of ``matrix`` around threshold windows [low, high), one column after the other.
 
     For scanned column k (``matrix[:, columns[k]]``), the positive values in its window go to
     ``windows[k]`` and ``stats[k]`` receives, at the SCAN_* positions: the number of non-zero
@@ -223,29 +223,42 @@ def _window_scan(matrix, columns, lows, highs, windows, stats):
     value below low, and the number of values in the window. Sums are float64.
     """
     n_rows = matrix.shape[0]
-    n_scanned = columns.size
-    stats[:, :] = 0.0
-    stats[:, SCAN_MIN_HIGH] = np.inf
-    for i in range(n_rows):
-        for k in range(n_scanned):
-            value = matrix[i, columns[k]]
+    for k in range(columns.size):
+        column, low, high = columns[k], lows[k], highs[k]
+        # Scalars, not stats[k, ...], so that the sums stay in registers through the loop.
+        n_nonzero = 0
+        n_high = 0
+        n_window = 0
+        sum_high = 0.0
+        sum_sq_high = 0.0
+        min_high = np.inf
+        max_high = 0.0
+        max_low = 0.0
+        for i in range(n_rows):
+            value = matrix[i, column]
             # Most entries lie below the window, so that branch comes first and does the least.
-            if value < lows[k]:
+            if value < low:
                 if value > 0:
-                    stats[k, SCAN_NONZERO] += 1
-                    stats[k, SCAN_MAX_LOW] = max(stats[k, SCAN_MAX_LOW], np.float64(value))
-            elif value >= highs[k]:
+                    n_nonzero += 1
+                    max_low = max(max_low, np.float64(value))
+            elif value >= high:
                 value64 = np.float64(value)
-                stats[k, SCAN_HIGH] += 1
-                stats[k, SCAN_SUM_HIGH] += value64
-                stats[k, SCAN_SUM_SQ_HIGH] += value64 * value64
-                stats[k, SCAN_MIN_HIGH] = min(stats[k, SCAN_MIN_HIGH], value64)
-                stats[k, SCAN_MAX_HIGH] = max(stats[k, SCAN_MAX_HIGH], value64)
+                n_high += 1
+                sum_high += value64
+                sum_sq_high += value64 * value64
+                min_high = min(min_high, value64)
+                max_high = max(max_high, value64)
             elif value > 0:
-                windows[k, int(stats[k, SCAN_WINDOW])] = value
-                stats[k, SCAN_WINDOW] += 1
-    for k in range(n_scanned):
-        stats[k, SCAN_NONZERO] += stats[k, SCAN_HIGH] + stats[k, SCAN_WINDOW]
+                windows[k, n_window] = value
+                n_window += 1
+        stats[k, SCAN_NONZERO] = n_nonzero + n_high + n_window
+        stats[k, SCAN_HIGH] = n_high
+        stats[k, SCAN_SUM_HIGH] = sum_high
+        stats[k, SCAN_SUM_SQ_HIGH] = sum_sq_high
+        stats[k, SCAN_MIN_HIGH] = min_high
+        stats[k, SCAN_MAX_HIGH] = max_high
+        stats[k, SCAN_MAX_LOW] = max_low
+        stats[k, SCAN_WINDOW] = n_window
 
 
 def _window_select(window, stats, target, length, tie_tolerance):
