@@ -39,6 +39,7 @@ COMPONENTS = ("autofluorescence", "icg_lnp", "af750")
 SPARSITY = [None, 0.9, 0.9]
 REPEATS = 5
 U1_ITERATIONS = 60
+D1_ITERATIONS = 5
 
 
 def mouse_cube(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +188,7 @@ def d1_child() -> None:
         # Writing 5 to clear_refs resets the peak (VmHWM), so that the peak below is the unmixing's.
         Path("/proc/self/clear_refs").write_text("5")
         started = time.perf_counter()
-        unmix_store(path, backend="dask", scheduler=cluster.scheduler_address)
+        unmix_store(path, backend="dask", scheduler=cluster.scheduler_address, max_iter=D1_ITERATIONS)
         elapsed_s = time.perf_counter() - started
         client_peak = peak_rss_bytes()
         with distributed.Client(cluster) as client:

@@ -236,6 +236,8 @@ class _Updater:
         history: list[float] = []
         checked_at: list[int] = []
         converged = False
+        # Only the loop's searches count, like the loop's time in seconds_per_iter_.
+        self.threshold_seconds = 0.0
         started = time.perf_counter()
         for iteration in range(settings.max_iter + 1):
             check = iteration % settings.loss_every == 0 or iteration == settings.max_iter
