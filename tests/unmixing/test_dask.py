@@ -171,7 +171,7 @@ def test_line_blocks_follow_acquired_runs(done, lines_per_block, expected):
 LARGE_SHAPE = (1280, 1024, 512)  # uint16: 1280 MiB, 4 x WORKER_MEMORY_LIMIT
 LARGE_COMPONENTS = ("autofluorescence", "icg_lnp", "af750")
 LARGE_SPARSITY = [None, 0.9, 0.9]
-LARGE_MAX_ITER = 2
+LARGE_MAX_ITER = 1
 SLAB_LINES = 64
 
 
