@@ -18,9 +18,10 @@ over the animal, so the tissue around a marker shows what lies under it.
    spectrum of each site pixel. A region whose fitted marker light is below ``MIN_CONTRAST``
    times that background keeps its fit, because there the interpolation error would outweigh
    what it corrects.
-3. Marker spectra: the site pixels minus their background, fitted by non-negative least squares
-   with the markers' weights held at their fitted values, give each marker spectrum that is not
-   fixed and has most of its light (``MIN_LIGHT_SHARE``) in the interpolated regions.
+3. Marker spectra: the site pixels minus their background give the marker spectra, by
+   non-negative least squares with the markers' weights held at their fitted values. Only the
+   spectra that are not fixed and have most of their light (``MIN_LIGHT_SHARE``) in the
+   interpolated regions change.
 4. Weights at the sites: the background weights are the non-negative least-squares fit of the
    interpolated background to the background spectra, and the marker weights that of the
    remainder to the marker spectra. Weights elsewhere are kept as fitted.
@@ -56,7 +57,7 @@ MIN_RING_PIXELS = 12
 # regions of ratio 0.98 and above and harmed regions of 0.29 and below.
 MIN_CONTRAST = 0.5
 # A marker spectrum is refitted only when the interpolated regions hold at least this share of the
-# marker's fitted light; otherwise the regions say too little about it.
+# marker's fitted light, because fewer pixels would fit its spectrum poorly.
 MIN_LIGHT_SHARE = 0.5
 
 
@@ -112,8 +113,8 @@ def site_mask(A: np.ndarray, S: np.ndarray, markers: list[int], shape: tuple[int
     """Return the (rows, points) mask of marker sites, grown by one pixel.
 
     A site is a connected region of pixels where a marker's weight is at least ``site_fraction`` of
-    its maximum and that reaches ``CORE_FRACTION`` of it somewhere, so that scattered pixels that
-    the sparsity step kept in the background do not count as sites.
+    its maximum and that reaches ``CORE_FRACTION`` of it somewhere. So scattered pixels that the
+    sparsity step kept in the background do not count as sites.
     """
     counts = A[:, markers] * S[markers].max(axis=1)
     sites = np.zeros(shape, dtype=bool)
@@ -295,8 +296,8 @@ def refine_site_background(
     valid = np.ones_like(remainder, dtype=bool) if saturated is None else ~saturated[interpolated]
     marker_weights = A[interpolated][:, markers]
     light_share = marker_weights.sum(axis=0) / np.maximum(A[:, markers].sum(axis=0), 1e-300)
-    held = [fixed[p] or share < MIN_LIGHT_SHARE for p, share in zip(markers, light_share)]
-    result.spectra[markers] = _marker_spectra(remainder, valid, marker_weights, S[markers], held)
+    keep_spectrum = [fixed[p] or share < MIN_LIGHT_SHARE for p, share in zip(markers, light_share)]
+    result.spectra[markers] = _marker_spectra(remainder, valid, marker_weights, S[markers], keep_spectrum)
 
     marker_spectra = result.spectra[markers]
     background_spectra = result.spectra[background_components]
@@ -322,10 +323,10 @@ def _marker_spectra(
     """Fit the marker spectra not ``fixed`` to the background-free site pixels, wavelength by wavelength, with the weights held."""
     spectra = spectra.copy()
     free = [q for q in range(spectra.shape[0]) if not fixed[q]]
-    held = [q for q in range(spectra.shape[0]) if fixed[q]]
+    kept = [q for q in range(spectra.shape[0]) if fixed[q]]
     if not free:
         return spectra
-    target = remainder - weights[:, held] @ spectra[held] if held else remainder
+    target = remainder - weights[:, kept] @ spectra[kept] if kept else remainder
     fitted = np.empty((len(free), spectra.shape[1]))
     for w in range(spectra.shape[1]):
         rows = valid[:, w]
