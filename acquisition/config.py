@@ -255,6 +255,13 @@ class AbundanceStart(str, Enum):
     LSTSQ = "lstsq"
 
 
+class SiteBackgroundMethod(str, Enum):
+    """How the autofluorescence under each marker site is estimated after the fit."""
+
+    FIT = "fit"
+    INTERPOLATE = "interpolate"
+
+
 class UnmixingConfig(_Section):
     """Settings of the unmixing of a finished cube."""
 
@@ -267,6 +274,12 @@ class UnmixingConfig(_Section):
         AbundanceStart.CONSTANT,
         description='Initial weights: "constant" (one positive constant for every pixel, the published method) or '
         '"lstsq" (the least-squares weights for the initial spectra; better when those come from the data).',
+    )
+    site_background: SiteBackgroundMethod = Field(
+        SiteBackgroundMethod.FIT,
+        description='Autofluorescence under the markers: "fit" (as the NMF fit gives it, the published method) or '
+        '"interpolate" (from a smooth surface fitted to the tissue around each marker site, then the marker '
+        "weights refitted; needs the Frobenius loss and the in-memory backend).",
     )
 
     @model_validator(mode="after")

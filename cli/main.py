@@ -164,6 +164,12 @@ def unmix(
         Optional[str],
         typer.Option(help='Starting weights: "constant" (the published method) or "lstsq" (least squares on the initial spectra).'),
     ] = None,
+    site_background: Annotated[
+        Optional[str],
+        typer.Option(
+            help='Autofluorescence under the markers: "fit" (published method) or "interpolate" (from the tissue around each site).'
+        ),
+    ] = None,
     sweep: Annotated[
         Optional[str],
         typer.Option(help="Also unmix once per comma-separated sparsity target and store the trends in unmixing/sweep."),
@@ -195,6 +201,7 @@ def unmix(
             abundance_start=abundance_start,
             backend="dask" if dask else "numpy",
             scheduler=scheduler,
+            site_background=site_background,
         )
         if sweep:
             sweep_targets = _parse_targets(sweep)

@@ -59,7 +59,7 @@ def unmix_store(
     n_jobs: int | None = None,
     backend: str = "numpy",
     scheduler: str | None = None,
-    site_background: str | SiteBackground = SiteBackground.FIT,
+    site_background: str | SiteBackground | None = None,
 ) -> Path:
     """Unmix the cube of a scan store with sparse NMF and write ``unmixing/`` into the store.
 
@@ -95,8 +95,8 @@ def unmix_store(
         for cubes larger than memory (:mod:`fluoscan.unmixing.dask_backend`; Frobenius loss only).
     scheduler : str, optional
         With ``backend="dask"``: address of a Dask scheduler; None starts a local cluster.
-    site_background : {"fit", "interpolate"}, default="fit"
-        "fit" keeps the autofluorescence at the marker sites as the sparse NMF fitted it.
+    site_background : {"fit", "interpolate"}, optional
+        Default: the configuration's ``site_background`` ("fit" unless set). "fit" keeps the autofluorescence at the marker sites as the sparse NMF fitted it.
         "interpolate" then re-estimates it from the tissue around each site, and the marker
         spectra and site weights with it (:mod:`fluoscan.unmixing.site_background`). It needs
         the numpy backend and the Frobenius loss.
@@ -127,6 +127,8 @@ def unmix_store(
         if GROUP in store.group and not overwrite:
             raise StoreError(f"store {path} already has an {GROUP}/ group; pass overwrite=True to replace it")
         settings = _unmixing_settings(store, components, sparsity, max_iter, tol, loss, abundance_start)
+        if site_background is None:
+            site_background = settings.site_background.value
         site_background = _site_background_mode(site_background, backend, settings.loss)
         if backend == "dask":
             from fluoscan.unmixing.dask_backend import unmix_with_dask
