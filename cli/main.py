@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -34,8 +35,10 @@ def _setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
         force=True,
     )
-    # Library warnings (ConvergenceWarning, DataWarning) become log lines like every other message.
+    # Library warnings (ConvergenceWarning, DataWarning) become log lines like every other message,
+    # without the source line that Python's default format adds.
     logging.captureWarnings(True)
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}"
     # numba (imported by pylablib) logs every compiler pass at debug level.
     logging.getLogger("numba").setLevel(logging.WARNING)
     if not verbose:

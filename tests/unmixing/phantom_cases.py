@@ -57,9 +57,9 @@ DIAGNOSTIC_SETTINGS: dict[str, dict[str, Any]] = {
 
 # Unmixing methods, as arguments of unmix_store on top of the demo configuration.
 METHODS: dict[str, dict[str, Any]] = {
-    # The demo configuration as shipped: sparsity target 0.9 for both markers, constant starting weights.
-    "published": {},
-    "auto": {"sparsity": [None, "auto", "auto"], "abundance_start": "lstsq"},
+    # The published method: sparsity target 0.9 for both markers, constant starting weights.
+    "published": {"sparsity": [None, 0.9, 0.9], "abundance_start": "constant", "site_background": "fit"},
+    "auto": {"sparsity": [None, "auto", "auto"], "abundance_start": "lstsq", "site_background": "fit"},
     # "auto", then the autofluorescence at the marker sites interpolated from the tissue around them.
     "auto+sites": {"sparsity": [None, "auto", "auto"], "abundance_start": "lstsq", "site_background": "interpolate"},
 }
