@@ -181,16 +181,20 @@ def merge_autofluorescence(abundance: np.ndarray, spectra: np.ndarray, n_merged:
     abundance : ndarray of shape (..., n_sources - n_merged + 1)
     spectra : ndarray of shape (n_sources - n_merged + 1, n_wavelengths)
     """
-    signal = abundance[..., :n_merged].reshape(-1, n_merged) @ spectra[:n_merged]
-    # The leading eigenvector of the small Gram matrix is the leading right singular vector.
-    eigenvalues, eigenvectors = np.linalg.eigh(signal.T @ signal)
+    # The signal is weights @ sources (pixels x wavelengths). Its Gram matrix and its projections are
+    # formed from the small factors, so memory does not grow with the number of lines.
+    weights = abundance[..., :n_merged].reshape(-1, n_merged)
+    sources = spectra[:n_merged]
+    gram = sources.T @ (weights.T @ weights) @ sources
+    # The leading eigenvector of the Gram matrix is the leading right singular vector.
+    eigenvalues, eigenvectors = np.linalg.eigh(gram)
     if eigenvalues[-1] > 0:
         merged_spectrum = np.abs(eigenvectors[:, -1])
         merged_spectrum /= merged_spectrum.max()
     else:
         # No autofluorescence at all: any spectrum fits a zero map, so keep the first source's.
         merged_spectrum = spectra[0]
-    merged_weight = (signal @ merged_spectrum) / (merged_spectrum @ merged_spectrum)
+    merged_weight = weights @ (sources @ merged_spectrum) / (merged_spectrum @ merged_spectrum)
     merged_abundance = np.concatenate([merged_weight.reshape(*abundance.shape[:-1], 1), abundance[..., n_merged:]], axis=-1)
     return merged_abundance, np.concatenate([merged_spectrum[None, :], spectra[n_merged:]])
 
