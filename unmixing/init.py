@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 LIBRARY_PREFIX = "library:"
 # Picked pixels are averaged with this many of their nearest neighbours in the reduced space.
 _SPA_NEIGHBOURS = 8
-# Rows per block of the Gram matrix MᵀM: each block's product runs in M's own dtype (float32 BLAS
-# is twice as fast as float64) and the blocks are summed in float64.
+# Rows per block of the Gram matrix MᵀM. Each block's product runs in float32 whatever M's dtype
+# (twice as fast as float64, and the same picks for float32 and float64 data); the blocks are
+# summed in float64. The Gram matrix only steers which pixels are picked.
 _GRAM_BLOCK_ROWS = 4096
 
 
@@ -48,7 +49,7 @@ def _reduced_coordinates(M: np.ndarray, n_components: int) -> tuple[np.ndarray, 
     # The right singular vectors of M are the eigenvectors of the small Gram matrix MᵀM.
     gram = np.zeros((M.shape[1], M.shape[1]))
     for start in range(0, M.shape[0], _GRAM_BLOCK_ROWS):
-        block = M[start : start + _GRAM_BLOCK_ROWS]
+        block = np.asarray(M[start : start + _GRAM_BLOCK_ROWS], dtype=np.float32)
         gram += block.T @ block
     _, vectors = np.linalg.eigh(gram)
     leading = vectors[:, ::-1][:, :n_components]
@@ -76,7 +77,7 @@ def successive_projection_picks(M: np.ndarray, n_components: int) -> np.ndarray:
     Returns
     -------
     ndarray of shape (n_components,), int
-        Indices of the picked pixels, in the order picked.
+        Indices of the picked pixels, in increasing order.
     """
     usable, coordinates = _reduced_coordinates(M, n_components)
     return usable[_project_and_pick(coordinates, n_components)]
@@ -90,7 +91,9 @@ def _project_and_pick(coordinates: np.ndarray, n_components: int) -> np.ndarray:
         picks[index] = int(np.argmax(norms))
         direction = residual[picks[index]] / np.sqrt(norms[picks[index]])
         residual -= np.outer(residual @ direction, direction)
-    return picks
+    # Pixels of nearly equal norm can be picked in either order depending on rounding (float32 or
+    # float64 data, say); sorting by pixel gives the same components in the same order.
+    return np.sort(picks)
 
 
 def endmember_spectra(M: np.ndarray, n_components: int) -> np.ndarray:
