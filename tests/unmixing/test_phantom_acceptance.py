@@ -7,8 +7,8 @@ peak of their spectrum (see compare_to_truth). The truth is what the camera reco
 reshaped by the tissue above the tubes, and one autofluorescence component standing for skin and
 gut chlorophyll together (phantom_cases.py).
 
-Three methods run on each phantom setting (phantom_cases.py): "published", the demo configuration
-as shipped (sparsity target 0.9 for both markers, constant starting weights); "auto", the "auto"
+Three methods run on each phantom setting (phantom_cases.py): "published", the published method
+(sparsity target 0.9 for both markers, constant starting weights); "auto", the "auto"
 sparsity rule with least-squares starting weights; and "auto+sites", "auto" followed by the
 interpolation of the autofluorescence at the marker sites. DOCUMENTED_FAILURES lists the criteria
 that a method misses on a setting, as measured. The test asserts that they still fail, so that a
