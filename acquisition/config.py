@@ -256,7 +256,7 @@ class AbundanceStart(str, Enum):
 
 
 class SiteBackgroundMethod(str, Enum):
-    """How the autofluorescence under each marker site is estimated after the fit."""
+    """Method that estimates the autofluorescence under each marker site after the fit."""
 
     FIT = "fit"
     INTERPOLATE = "interpolate"

@@ -1,9 +1,9 @@
 """The device Protocols that the scan orchestrator depends on.
 
 Units are part of every name: millimetres (``_mm``), milliwatts (``_mw``), seconds (``_s``),
-nanometres (``_nm``), degrees Celsius (``_c``). Every driver is a context manager that opens in a
-known state in ``__init__`` (or a factory) and releases the device in ``close``; ``close`` is safe
-to call twice.
+nanometres (``_nm``), degrees Celsius (``_c``). Every driver is a context manager. It opens in a
+known state in ``__init__`` (or a factory) and releases the device in ``close``, which is safe to
+call twice.
 """
 
 from __future__ import annotations
